@@ -1,0 +1,40 @@
+# Every target bootstraps .venv from pyproject.toml, so a fresh clone needs only Python >= 3.11 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS ?= dev,cli
+
+.PHONY: test lint typecheck pytest demo bench bench-quick clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check freedompay_async tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict freedompay_async
+
+pytest: $(STAMP)
+	$(BIN)/pytest --cov=freedompay_async --cov-branch --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m freedompay_async demo --invoices 2000
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov dist build

@@ -1,0 +1,297 @@
+"""
+The exception tree of freedompay_async.
+
+Every error the SDK raises is a `FreedomPayError`. The class tells what is known about the money:
+a `ConnectError` out of `pay_invoice` means nothing was sent, an `AmbiguousPaymentError` means the
+invoice may have been charged and must be checked before paying again.
+
+```
+FreedomPayError                         base, never raised itself; .operation, .attempts
+├── ConfigurationError (+ValueError)    bad argument or option; nothing was sent
+├── TransportError                      no usable HTTP reply
+│   ├── ConnectError                    DNS, refused, TLS: request never written       → not sent
+│   ├── ConnectionLost                  reset/closed once the request may be written   → ambiguous
+│   ├── CircuitOpenError                the client's breaker refused to send           → not sent
+│   └── RequestTimeout (+TimeoutError)
+│       ├── PoolTimeout                 no gate slot within Timeouts.pool              → not sent
+│       ├── ConnectTimeout                                                             → not sent
+│       └── ReadTimeout                 written, no reply in time                      → ambiguous
+├── ResponseError                       a reply we cannot use; .status_code, .headers, .body (≤ 2 KiB)
+│   ├── HTTPStatusError                 non-2xx; .retry_after (raw header)
+│   ├── DecodeError (+ValueError)       not XML, hardening rejection, malformed field; .tag
+│   └── SignatureError                  a signature check failed; never retried
+├── GatewayError                        status=error; .error_code, .error_description
+├── PaymentPending                      poll budget spent, still non-terminal; .payment (the last one seen)
+└── AmbiguousPaymentError               a pay may or may not have charged; .customer
+```
+
+Rules kept by every class:
+
+- Messages say what happened and what to do next; they never hold the secret key, a signature,
+  a request body, a header value or a card token.
+- `RequestTimeout` is also a `TimeoutError` (the same class as `asyncio.TimeoutError`), so code
+  written around `asyncio.timeout()` still catches it. `ConfigurationError` and `DecodeError` are
+  also `ValueError`. Nothing mixes in `OSError`: an `except OSError` written for files must not
+  swallow a payment failure.
+- Every instance survives `pickle` (batch results cross process boundaries), which keyword-only
+  constructors need `__reduce__` for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from freedompay_async._models import InvoicePayment
+
+__all__ = [
+    "AmbiguousPaymentError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionLost",
+    "DecodeError",
+    "FreedomPayError",
+    "GatewayError",
+    "HTTPStatusError",
+    "PaymentPending",
+    "PoolTimeout",
+    "ReadTimeout",
+    "RequestTimeout",
+    "ResponseError",
+    "SignatureError",
+    "TransportError",
+]
+
+#: How much of a reply body an exception keeps for diagnosis.
+BODY_KEEP_BYTES = 2048
+
+
+class FreedomPayError(Exception):
+    """
+    Base of every error the SDK raises; never raised itself.
+
+    Attributes:
+        operation: The operation that failed (`"init"`, `"pay"`, `"status"`, `"info"`), or None.
+        attempts: How many requests the call sent before it gave up (0 if none was sent).
+    """
+
+    def __init__(self, message: str, *, operation: str | None = None, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.operation = operation
+        self.attempts = attempts
+
+    def _state(self) -> dict[str, Any]:
+        return {"operation": self.operation, "attempts": self.attempts}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self._state()))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[FreedomPayError], message: str, state: dict[str, Any]) -> FreedomPayError:
+    """Recreate an exception from its message and keyword state (the target of `__reduce__`)."""
+    return cls(message, **state)
+
+
+class ConfigurationError(FreedomPayError, ValueError):
+    """A bad argument or option; nothing was sent."""
+
+
+class TransportError(FreedomPayError):
+    """No usable HTTP reply was received."""
+
+
+class ConnectError(TransportError):
+    """The connection could not be made (DNS, refused, TLS); the request was never written."""
+
+
+class ConnectionLost(TransportError):
+    """The connection broke once the request may have been written; the outcome is unknown."""
+
+
+class CircuitOpenError(TransportError):
+    """The client's circuit breaker is open after sustained failures; nothing was sent."""
+
+
+class RequestTimeout(TransportError, TimeoutError):
+    """A timeout expired (base of the pool, connect and read timeouts)."""
+
+
+class PoolTimeout(RequestTimeout):
+    """No concurrency slot became free within `Timeouts.pool`; nothing was sent."""
+
+
+class ConnectTimeout(RequestTimeout):
+    """The connection was not established within `Timeouts.connect`; nothing was sent."""
+
+
+class ReadTimeout(RequestTimeout):
+    """The request was written but no reply came within `Timeouts.read`; the outcome is unknown."""
+
+
+class ResponseError(FreedomPayError):
+    """
+    A reply arrived but cannot be used.
+
+    Attributes:
+        status_code: The HTTP status code, or None when not known.
+        headers: The reply headers (names lower-cased).
+        body: At most the first 2 KiB of the reply body.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = None,
+        attempts: int = 0,
+        status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(message, operation=operation, attempts=attempts)
+        self.status_code = status_code
+        self.headers: dict[str, str] = dict(headers or {})
+        self.body = bytes(body[:BODY_KEEP_BYTES])
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            **super()._state(),
+            "status_code": self.status_code,
+            "headers": self.headers,
+            "body": self.body,
+        }
+
+
+class HTTPStatusError(ResponseError):
+    """
+    The gateway answered with a non-2xx HTTP status.
+
+    Attributes:
+        retry_after: The raw `Retry-After` header, or None.
+    """
+
+    @property
+    def retry_after(self) -> str | None:
+        """The raw `Retry-After` header value, if the reply carried one."""
+        return self.headers.get("retry-after")
+
+
+class DecodeError(ResponseError, ValueError):
+    """
+    The reply is not a usable XML document: not XML, refused by hardening, or a malformed field.
+
+    Attributes:
+        tag: The XML tag whose value was wrong, or None when the whole reply was refused.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = None,
+        attempts: int = 0,
+        status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        tag: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            operation=operation,
+            attempts=attempts,
+            status_code=status_code,
+            headers=headers,
+            body=body,
+        )
+        self.tag = tag
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "tag": self.tag}
+
+
+class SignatureError(ResponseError):
+    """A signature check failed (a callback or a signed reply); never retried."""
+
+
+class GatewayError(FreedomPayError):
+    """
+    The gateway answered `status=error`.
+
+    Attributes:
+        error_code: The gateway's numeric error code, or None when it sent none.
+        error_description: The gateway's text, or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = None,
+        attempts: int = 0,
+        error_code: int | None = None,
+        error_description: str | None = None,
+    ) -> None:
+        super().__init__(message, operation=operation, attempts=attempts)
+        self.error_code = error_code
+        self.error_description = error_description
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            **super()._state(),
+            "error_code": self.error_code,
+            "error_description": self.error_description,
+        }
+
+
+class PaymentPending(FreedomPayError):
+    """
+    The poll budget ran out while the invoice was still not in a terminal status.
+
+    Attributes:
+        payment: The last `InvoicePayment` seen.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = None,
+        attempts: int = 0,
+        payment: InvoicePayment | None = None,
+    ) -> None:
+        super().__init__(message, operation=operation, attempts=attempts)
+        self.payment = payment
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "payment": self.payment}
+
+
+class AmbiguousPaymentError(FreedomPayError):
+    """
+    A pay may or may not have charged; check `invoice_status(customer=...)` before paying again.
+
+    Attributes:
+        customer: The invoice's customer token.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = "pay",
+        attempts: int = 0,
+        customer: str | None = None,
+    ) -> None:
+        super().__init__(message, operation=operation, attempts=attempts)
+        self.customer = customer
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "customer": self.customer}

@@ -1,0 +1,282 @@
+"""
+The values the SDK returns and accepts: frozen, keyword-only attrs classes.
+
+Models never see XML or a parsed dict: `_decode` converts every field explicitly and passes
+keywords, and the models only check invariants. Outcomes such as a declined card are data
+(`InvoicePayment.invoice_status`), not exceptions.
+"""
+
+from __future__ import annotations
+
+import enum
+from decimal import Decimal
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+
+from freedompay_async._exceptions import (
+    AmbiguousPaymentError,
+    ConfigurationError,
+    FreedomPayError,
+    PaymentPending,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+__all__ = [
+    "BatchProgress",
+    "InvoiceInfo",
+    "InvoiceInit",
+    "InvoicePayment",
+    "InvoiceStatus",
+    "OutcomeState",
+    "PayOutcome",
+    "PayRequest",
+]
+
+
+class InvoiceStatus(str, enum.Enum):
+    """
+    An invoice's status as the gateway reports it.
+
+    `NEW` and `PROCESS` are waiting states; `OK` (paid), `FAILED` and `INCOMPLETE` (expired) are
+    terminal. A value the SDK does not know decodes to `UNKNOWN`, and the model keeps the raw
+    string in `invoice_status_raw`: the gateway may add values, and an unknown one is treated as
+    still pending rather than guessed.
+    """
+
+    NEW = "new"
+    PROCESS = "process"
+    OK = "ok"
+    FAILED = "failed"
+    INCOMPLETE = "incomplete"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the status can no longer change (`OK`, `FAILED` or `INCOMPLETE`)."""
+        return self in _TERMINAL
+
+    @classmethod
+    def parse(cls, raw: str) -> InvoiceStatus:
+        """
+        Map a wire value to a status.
+
+        Args:
+            raw: The `invoice_status` text of a reply.
+
+        Returns:
+            The matching member, or `UNKNOWN` for any value the SDK does not know.
+        """
+        member = _BY_VALUE.get(raw)
+        return member if member is not None else cls.UNKNOWN
+
+
+_TERMINAL = frozenset({InvoiceStatus.OK, InvoiceStatus.FAILED, InvoiceStatus.INCOMPLETE})
+_BY_VALUE = {m.value: m for m in InvoiceStatus if m is not InvoiceStatus.UNKNOWN}
+
+
+def _nonempty(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{attribute.name} must be a non-empty string")
+
+
+def _mask_token(token: str) -> str:
+    """Show only the last four characters of a card token."""
+    return "…" + token[-4:] if len(token) > 4 else "…"  # noqa: PLR2004 - four is the masking rule
+
+
+@attrs.frozen(kw_only=True)
+class InvoiceInit:
+    """
+    The reply to `init_invoice`: the new invoice and how to pay it.
+
+    Attributes:
+        invoice_id: The gateway's id of the invoice, if it sent one.
+        invoice_status: The invoice's status (normally `NEW` or `PROCESS`).
+        invoice_status_raw: The status exactly as sent, or None when absent.
+        qr: The raw `invoice_methods/qr` value (base64), or None.
+        qr_url: The payment-page URL decoded from `qr`, or None when it does not decode.
+        customer: The token `pay_invoice` needs, taken from `qr_url`, or None.
+        order_id: The merchant's order id this invoice was created for.
+        dt: When the gateway answered, timezone-aware, or None.
+    """
+
+    invoice_id: int | None
+    invoice_status: InvoiceStatus
+    invoice_status_raw: str | None
+    qr: str | None
+    qr_url: str | None
+    customer: str | None
+    order_id: str | None = None
+    dt: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class InvoicePayment:
+    """
+    An invoice's payment state, as answered by pay or status.
+
+    Attributes:
+        invoice_status: The status; terminal when `invoice_status.is_terminal`.
+        invoice_status_raw: The status exactly as sent (useful when it is `UNKNOWN`).
+        order_id: The merchant's order id, or None.
+        invoice_id: The gateway's id (sent once the invoice is `ok` or `failed`), or None.
+        customer: The invoice's customer token, when the call knew it.
+        amount: The invoice amount, or None.
+        currency: The currency code, or None.
+        card_pan: The masked card number (as sent: the gateway masks it), or None.
+        error_code: An error code sent along an `ok` reply (for a declined payment), or None.
+        error_description: The text for `error_code`, or None.
+        dt: When the gateway answered, timezone-aware, or None.
+    """
+
+    invoice_status: InvoiceStatus
+    invoice_status_raw: str | None = None
+    order_id: str | None = None
+    invoice_id: int | None = None
+    customer: str | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    card_pan: str | None = None
+    error_code: int | None = None
+    error_description: str | None = None
+    dt: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the payment can no longer change."""
+        return self.invoice_status.is_terminal
+
+
+@attrs.frozen(kw_only=True)
+class InvoiceInfo(InvoicePayment):
+    """
+    The reply to `invoice_info`: the payment state plus the invoice's description and QR.
+
+    Attributes:
+        description: The invoice's description, or None.
+        qr: The raw `invoice_methods/qr` value, or None.
+        qr_url: The payment-page URL decoded from `qr`, or None.
+    """
+
+    description: str | None = None
+    qr: str | None = None
+    qr_url: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PayRequest:
+    """
+    One invoice to pay in a batch.
+
+    Attributes:
+        customer: The invoice's customer token (`InvoiceInit.customer`).
+        user_id: The payer's id in the merchant's system.
+        card_token: The saved card's token; shown masked in `repr`.
+        key: Any value the caller uses to correlate the outcome (an order id, a row number).
+    """
+
+    customer: str = attrs.field(validator=_nonempty)
+    user_id: str = attrs.field(validator=_nonempty)
+    card_token: str = attrs.field(validator=_nonempty, repr=_mask_token)
+    key: object = None
+
+
+OutcomeState = Literal["paid", "failed", "expired", "pending", "ambiguous", "error"]
+
+_STATE_BY_STATUS: dict[InvoiceStatus, OutcomeState] = {
+    InvoiceStatus.OK: "paid",
+    InvoiceStatus.FAILED: "failed",
+    InvoiceStatus.INCOMPLETE: "expired",
+}
+
+
+@attrs.frozen(kw_only=True)
+class PayOutcome:
+    """
+    What became of one `PayRequest` in a batch.
+
+    Attributes:
+        request: The request this outcome answers.
+        payment: The last payment state seen, or None when the call failed before one.
+        error: The `FreedomPayError` the call ended with, or None.
+        attempts: Requests sent for this item (pay and status together).
+        elapsed: Seconds the item took.
+    """
+
+    request: PayRequest
+    payment: InvoicePayment | None = None
+    error: FreedomPayError | None = None
+    attempts: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def state(self) -> OutcomeState:
+        """
+        Classify the outcome.
+
+        Returns:
+            `paid`, `failed` or `expired` for a terminal payment; `pending` when the invoice is
+            still waiting; `ambiguous` when the pay may have charged and must be checked; `error`
+            for any other failure (nothing is known to have been charged).
+        """
+        if self.error is None and self.payment is not None:
+            return _STATE_BY_STATUS.get(self.payment.invoice_status, "pending")
+        if isinstance(self.error, PaymentPending):
+            return "pending"
+        if isinstance(self.error, AmbiguousPaymentError):
+            return "ambiguous"
+        return "error"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the invoice's fate is settled (`paid`, `failed` or `expired`)."""
+        return self.state in ("paid", "failed", "expired")
+
+
+@attrs.frozen(kw_only=True)
+class BatchProgress:
+    """
+    A snapshot of a running batch, passed to `pay_invoices(on_progress=...)`.
+
+    Attributes:
+        submitted: Requests taken from the input so far.
+        in_flight: Requests being paid now.
+        done: Outcomes yielded so far (this one included).
+        by_state: Outcomes so far per `PayOutcome.state`.
+        elapsed: Seconds since the batch started.
+    """
+
+    submitted: int
+    in_flight: int
+    done: int
+    by_state: dict[str, int]
+    elapsed: float
+
+
+def parse_amount(value: object) -> Decimal:
+    """
+    Validate a money amount given by a caller.
+
+    Args:
+        value: The amount; must be a `Decimal` or an `int`.
+
+    Returns:
+        The amount as a `Decimal`.
+
+    Raises:
+        ConfigurationError: A float, a non-number, a value <= 0 or more than two decimals.
+    """
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise ConfigurationError(
+            f"amount must be a Decimal (floats lose cents), got {type(value).__name__}"
+        )
+    amount = Decimal(value)
+    if not amount.is_finite() or amount <= 0:
+        raise ConfigurationError(f"amount must be a positive finite number, got {amount}")
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -2:  # noqa: PLR2004 - cents are the smallest unit
+        raise ConfigurationError(f"amount must have at most two decimals, got {amount}")
+    return amount
