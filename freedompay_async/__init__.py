@@ -1,1 +1,97 @@
-"""Placeholder."""
+"""
+freedompay_async: an asyncio SDK for Freedom Pay's invoice API.
+
+```python
+async with FreedomPayClient(merchant_id, secret_key) as client:
+    init = await client.init_invoice(order_id="A-1", amount=Decimal("100"), description="Order A-1")
+    payment = await client.pay_invoice(customer=init.customer, user_id="u1", card_token=token)
+```
+
+Everything users need is importable from here; `freedompay_async.signing` holds the signature
+helpers, `freedompay_async.testing` the emulator.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from freedompay_async._client import (
+    DEFAULT_BASE_URL,
+    FreedomPayClient,
+    InMemoryPayGuard,
+    PayGuard,
+    RateLimiter,
+)
+from freedompay_async._config import Clock, PollPolicy, RetryPolicy, Timeouts
+from freedompay_async._exceptions import (
+    AmbiguousPaymentError,
+    CircuitOpenError,
+    ConfigurationError,
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeout,
+    DecodeError,
+    FreedomPayError,
+    GatewayError,
+    HTTPStatusError,
+    PaymentPending,
+    PoolTimeout,
+    ReadTimeout,
+    RequestTimeout,
+    ResponseError,
+    SignatureError,
+    TransportError,
+)
+from freedompay_async._models import (
+    BatchProgress,
+    InvoiceInfo,
+    InvoiceInit,
+    InvoicePayment,
+    InvoiceStatus,
+    PayOutcome,
+    PayRequest,
+)
+from freedompay_async._retry import RetryEvent
+
+try:
+    __version__ = metadata.version("freedompay-async")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0"
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "AmbiguousPaymentError",
+    "BatchProgress",
+    "CircuitOpenError",
+    "Clock",
+    "ConfigurationError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionLost",
+    "DecodeError",
+    "FreedomPayClient",
+    "FreedomPayError",
+    "GatewayError",
+    "HTTPStatusError",
+    "InMemoryPayGuard",
+    "InvoiceInfo",
+    "InvoiceInit",
+    "InvoicePayment",
+    "InvoiceStatus",
+    "PayGuard",
+    "PayOutcome",
+    "PayRequest",
+    "PaymentPending",
+    "PollPolicy",
+    "PoolTimeout",
+    "RateLimiter",
+    "ReadTimeout",
+    "RequestTimeout",
+    "ResponseError",
+    "RetryEvent",
+    "RetryPolicy",
+    "SignatureError",
+    "Timeouts",
+    "TransportError",
+    "__version__",
+]

@@ -33,7 +33,9 @@ JwsHeaderKey = Literal["path", "uri"]
 DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 
 
-def _seconds(name: str, value: object, *, allow_none: bool = False, allow_zero: bool = False) -> None:
+def _seconds(
+    name: str, value: object, *, allow_none: bool = False, allow_zero: bool = False
+) -> None:
     """Check that *value* is a finite, positive number of seconds (or None when allowed)."""
     if value is None and allow_none:
         return
@@ -41,7 +43,9 @@ def _seconds(name: str, value: object, *, allow_none: bool = False, allow_zero: 
         raise ConfigurationError(f"{name} must be a number of seconds, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds {bound}, got {value!r}"
+        )
 
 
 def _positive_int(name: str, value: object, *, allow_none: bool = False) -> None:

@@ -16,12 +16,12 @@ FreedomPayError                         base, never raised itself; .operation, .
 │       ├── PoolTimeout                 no gate slot within Timeouts.pool              → not sent
 │       ├── ConnectTimeout                                                             → not sent
 │       └── ReadTimeout                 written, no reply in time                      → ambiguous
-├── ResponseError                       a reply we cannot use; .status_code, .headers, .body (≤ 2 KiB)
+├── ResponseError                       unusable reply; .status_code, .headers, .body (≤ 2 KiB)
 │   ├── HTTPStatusError                 non-2xx; .retry_after (raw header)
-│   ├── DecodeError (+ValueError)       not XML, hardening rejection, malformed field; .tag
+│   ├── DecodeError (+ValueError)       not XML, hardening refusal, bad field; .tag
 │   └── SignatureError                  a signature check failed; never retried
 ├── GatewayError                        status=error; .error_code, .error_description
-├── PaymentPending                      poll budget spent, still non-terminal; .payment (the last one seen)
+├── PaymentPending                      poll budget spent, still non-terminal; .payment (last seen)
 └── AmbiguousPaymentError               a pay may or may not have charged; .customer
 ```
 
@@ -158,7 +158,7 @@ class ResponseError(FreedomPayError):
     ) -> None:
         super().__init__(message, operation=operation, attempts=attempts)
         self.status_code = status_code
-        self.headers: dict[str, str] = dict(headers or {})
+        self.headers: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
         self.body = bytes(body[:BODY_KEEP_BYTES])
 
     def _state(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-class InvoiceStatus(str, enum.Enum):
+class InvoiceStatus(enum.StrEnum):
     """
     An invoice's status as the gateway reports it.
 

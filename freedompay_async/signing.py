@@ -187,9 +187,7 @@ def script_name_from_url(url: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def _flatten(
-    value: object, sort_name: str, out: list[tuple[bytes, str]]
-) -> None:
+def _flatten(value: object, sort_name: str, out: list[tuple[bytes, str]]) -> None:
     """Collect the leaves of *value* under *sort_name* (see `pg_sig` for the rule)."""
     if isinstance(value, dict):
         items: Iterable[tuple[str, object]] = value.items()
