@@ -16,7 +16,6 @@ from __future__ import annotations
 from importlib import metadata
 
 from freedompay_async._client import (
-    DEFAULT_BASE_URL,
     FreedomPayClient,
     InMemoryPayGuard,
     PayGuard,
@@ -59,7 +58,6 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a sourc
     __version__ = "0"
 
 __all__ = [
-    "DEFAULT_BASE_URL",
     "AmbiguousPaymentError",
     "BatchProgress",
     "CircuitOpenError",

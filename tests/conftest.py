@@ -1,0 +1,66 @@
+"""Shared fixtures: the emulator on loopback, a client factory, and a loop-blocking detector."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from freedompay_async import FreedomPayClient, PollPolicy, RetryPolicy, Timeouts
+from freedompay_async.testing import FreedomPayEmulator, VirtualClock
+
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_calls(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any test whose code blocks the event loop (time.sleep, sync file or socket I/O)."""
+    if request.node.get_closest_marker("blocking_ok"):
+        yield
+        return
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx("freedompay_async") as bb:
+        yield
+        del bb
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[FreedomPayEmulator]:
+    """A fresh emulator on 127.0.0.1 with a free port."""
+    async with FreedomPayEmulator(seed=1) as emu:
+        yield emu
+
+
+#: Fast policies for tests: virtual sleeps, short real read timeouts.
+FAST_TIMEOUTS = Timeouts(connect=2.0, read=2.0, pool=2.0)
+FAST_RETRY = RetryPolicy(attempts=4, deadline=30.0, reconcile_grace=0.5)
+FAST_POLL = PollPolicy(interval=0.5, factor=1.5, max_interval=2.0, timeout=30.0)
+
+
+@pytest.fixture
+def make_client(emulator: FreedomPayEmulator) -> Callable[..., FreedomPayClient]:
+    """Build clients bound to the emulator, with a virtual clock and a seeded random source."""
+
+    def factory(**options: Any) -> FreedomPayClient:
+        options.setdefault("base_url", emulator.base_url)
+        options.setdefault("clock", VirtualClock())
+        options.setdefault("rng", random.Random(1234))
+        options.setdefault("timeouts", FAST_TIMEOUTS)
+        options.setdefault("retry", FAST_RETRY)
+        options.setdefault("poll", FAST_POLL)
+        return FreedomPayClient(emulator.merchant_id, emulator.secret_key, **options)
+
+    return factory
