@@ -21,6 +21,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict freedompay_async
+	$(BIN)/mypy --strict tests/typing
 
 pytest: $(STAMP)
 	$(BIN)/pytest --cov=freedompay_async --cov-branch --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
