@@ -153,7 +153,7 @@ _EXCEPTION_OUTCOMES: tuple[tuple[type[FreedomPayError], Outcome], ...] = (
     (SignatureError, Outcome.PERMANENT),
 )
 
-# HTTP status -> outcome for non-2xx replies; any other status is PERMANENT.
+# HTTP status -> outcome for non-2xx replies; another 5xx is AMBIGUOUS, anything else PERMANENT.
 HTTP_STATUS_OUTCOMES: dict[int, Outcome] = {
     429: Outcome.REFUSED,
     503: Outcome.REFUSED,
@@ -195,7 +195,12 @@ def classify(result: object, *, moves_money: bool) -> Outcome:
             return Outcome.TRANSIENT
         return Outcome.PERMANENT
     if isinstance(result, HTTPStatusError):
-        return HTTP_STATUS_OUTCOMES.get(result.status_code or 0, Outcome.PERMANENT)
+        code = result.status_code or 0
+        listed = HTTP_STATUS_OUTCOMES.get(code)
+        if listed is not None:
+            return listed
+        # An unlisted 5xx may come after the gateway acted: the unsafe side, like the unknown.
+        return Outcome.AMBIGUOUS if code >= 500 else Outcome.PERMANENT  # noqa: PLR2004
     if isinstance(result, FreedomPayError):
         for cls, outcome in _EXCEPTION_OUTCOMES:
             if isinstance(result, cls):
@@ -320,7 +325,7 @@ def decide(
     if not budget_ok:
         return Decision(verb=Verb.RAISE, reason="retry budget empty")
     delay = backoff(attempt, policy, rng)
-    if retry_after is not None and math.isfinite(retry_after):
+    if retry_after is not None and not math.isnan(retry_after):
         hint = min(max(retry_after, 0.0), policy.retry_after_max)
         if hint >= remaining:
             return Decision(verb=Verb.RAISE, reason="Retry-After beyond the deadline")
@@ -396,6 +401,7 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = 0.0
         self._probe_out = False
+        self._probe_at = 0.0
 
     def allow(self, now: float) -> bool:
         """
@@ -414,9 +420,11 @@ class CircuitBreaker:
                 return False
             self.state = BreakerState.HALF_OPEN
             self._probe_out = False
-        if self._probe_out:
+        if self._probe_out and now - self._probe_at < self.cooldown:
             return False
+        # No probe out, or the last one never reported (its call was cancelled): send one.
         self._probe_out = True
+        self._probe_at = now
         return True
 
     def record(self, *, failure: bool, now: float) -> None:
