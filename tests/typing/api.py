@@ -96,7 +96,9 @@ async def usage(secret: str, token: str) -> None:
 async def emulator_usage() -> None:
     """Drive the emulator the way the README shows."""
     async with FreedomPayEmulator(adversarial=True) as emu:
-        customer: str = emu.create_invoice(amount=Decimal(100), fate=Fate.pending_then_paid(polls=1))
+        customer: str = emu.create_invoice(
+            amount=Decimal(100), fate=Fate.pending_then_paid(polls=1)
+        )
         emu.inject(Fault.http_status(429, retry_after="1"), operation="pay", times=2)
         emu.script_card("tok", Fate.declined())
         charges: int = emu.charges(customer)
@@ -108,7 +110,9 @@ async def emulator_usage() -> None:
 def signing_usage() -> None:
     """Sign and verify with the public helpers."""
     payload: bytes = jws_payload([("customer", "c"), ("merchant_id", 1)])
-    header: str = jws_detached(payload, secret_key="k", path="/v5/merchant/invoice/pay", merchant_id=1)
+    header: str = jws_detached(
+        payload, secret_key="k", path="/v5/merchant/invoice/pay", merchant_id=1
+    )
     assert header.count(".") == 2
     sig: str = pg_sig("init_payment.php", {"pg_amount": "25"}, "k")
     ok: bool = verify_pg_sig("init_payment.php", {"pg_amount": "25", "pg_sig": sig}, "k")
