@@ -70,7 +70,7 @@ from freedompay_async._retry import (
 from freedompay_async._transport import Transport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
     from decimal import Decimal
 
     import aiohttp
@@ -430,6 +430,8 @@ class FreedomPayClient:
         try:
             return await self._transport.send(request, remaining=remaining)
         except asyncio.CancelledError:
+            # The request may have been written: the guard must keep this customer claimed.
+            call.landed = True
             logger.warning(
                 "pay cancelled while in flight: outcome unknown, check invoice_status %s",
                 _fmt_context(call.context),
@@ -878,9 +880,7 @@ class FreedomPayClient:
             attempts=call.attempts,
             customer=customer,
         )
-        logger.warning(
-            "pay outcome unknown after %d attempts %s", call.attempts, _fmt_context(call.context)
-        )
+        self._event(call, delay=0.0, outcome=Outcome.AMBIGUOUS, action="giveup", cause=error)
         return error
 
     def _status_fields(self, customer: str) -> list[Field]:
@@ -939,7 +939,7 @@ class FreedomPayClient:
             number += 1
             now = clock.monotonic()
             if now + delay > end:
-                raise PaymentPending(
+                pending = PaymentPending(
                     f"pay for customer={customer} still {last.invoice_status.value} after "
                     f"polling {poll.timeout:g}s; poll invoice_status(customer={customer!r}) "
                     "later or wait for the result_url notification",
@@ -947,6 +947,10 @@ class FreedomPayClient:
                     attempts=call.attempts,
                     payment=last,
                 )
+                self._event(
+                    call, delay=0.0, outcome=Outcome.PENDING, action="giveup", cause=pending
+                )
+                raise pending
             await clock.sleep(delay)
             read_deadline = clock.monotonic() + min(policy.deadline, max(end - now, 1.0))
             try:
@@ -1027,7 +1031,7 @@ class FreedomPayClient:
         concurrency: int | None = None,
         wait: bool = True,
         on_progress: Callable[[BatchProgress], object] | None = None,
-    ) -> AsyncIterator[PayOutcome]:
+    ) -> AsyncGenerator[PayOutcome, None]:
         """
         Pay many invoices concurrently, yielding each `PayOutcome` as it finishes.
 

@@ -171,8 +171,9 @@ class PollPolicy:
     timeout: float = 300.0
 
     def __attrs_post_init__(self) -> None:
-        _seconds("PollPolicy.interval", self.interval, allow_zero=True)
-        _seconds("PollPolicy.max_interval", self.max_interval, allow_zero=True)
+        # A zero interval would poll the gateway in a tight loop.
+        _seconds("PollPolicy.interval", self.interval)
+        _seconds("PollPolicy.max_interval", self.max_interval)
         _seconds("PollPolicy.timeout", self.timeout, allow_zero=True)
         if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
             raise ConfigurationError("PollPolicy.factor must be a number")
