@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from freedompay_async._batch import BatchSummary, SummaryBuilder
 from freedompay_async._client import (
     FreedomPayClient,
     InMemoryPayGuard,
@@ -60,6 +61,7 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a sourc
 __all__ = [
     "AmbiguousPaymentError",
     "BatchProgress",
+    "BatchSummary",
     "CircuitOpenError",
     "Clock",
     "ConfigurationError",
@@ -89,6 +91,7 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "SignatureError",
+    "SummaryBuilder",
     "Timeouts",
     "TransportError",
     "__version__",
