@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= dev,cli
 
-.PHONY: test lint typecheck pytest demo bench bench-quick clean venv
+.PHONY: test lint typecheck pytest demo bench bench-quick clean venv redis-server
 
 venv: $(STAMP)
 
@@ -23,7 +23,15 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict freedompay_async
 	$(BIN)/mypy --strict tests/typing
 
-pytest: $(STAMP)
+# The Redis-backed tests need a real redis-server (Debian package); install it when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing redis-server (apt-get) for the Redis-backed tests"; \
+	  ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ) \
+	  || echo "redis-server could not be installed: the Redis-backed tests will be skipped"; }
+
+pytest: $(STAMP) redis-server
 	$(BIN)/pytest --cov=freedompay_async --cov-branch --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
 test: lint typecheck pytest

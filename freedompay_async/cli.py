@@ -59,6 +59,7 @@ from freedompay_async import (
     Timeouts,
     __version__,
 )
+from freedompay_async.contrib import add_enqueue_command, run_enqueue
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
@@ -1128,6 +1129,7 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument(
         "--adversarial", action="store_true", help="commit every pay, even a second one"
     )
+    add_enqueue_command(commands)
     return parser
 
 
@@ -1158,6 +1160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pay-batch": _pay_batch,
         "status": _status,
         "emulate": _emulate,
+        "enqueue": run_enqueue,
     }
     try:
         if args.command in ("demo", "pay-batch"):
