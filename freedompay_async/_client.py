@@ -40,7 +40,6 @@ from freedompay_async._exceptions import (
     CircuitOpenError,
     ConfigurationError,
     FreedomPayError,
-    GatewayError,
     HTTPStatusError,
     PaymentPending,
     RequestTimeout,
@@ -883,10 +882,10 @@ class FreedomPayClient:
         self._event(call, delay=0.0, outcome=Outcome.AMBIGUOUS, action="giveup", cause=error)
         return error
 
-    def _status_fields(self, customer: str) -> list[Field]:
-        return [("merchant_id", self._credentials.merchant_id), ("customer", customer)]
-
-    def _status_decoder(self, customer: str) -> Callable[[RawResponse], InvoicePayment]:
+    async def _status_read(
+        self, customer: str, *, policy: RetryPolicy, call: _Call, deadline: float
+    ) -> InvoicePayment:
+        """Read the status by customer for reconcile or polling (past the budget and breaker)."""
         max_bytes = self._wire.max_response_bytes
 
         def decode(raw: RawResponse) -> InvoicePayment:
@@ -894,7 +893,15 @@ class FreedomPayClient:
                 raw, operation=Operation.STATUS, max_bytes=max_bytes, customer=customer
             )
 
-        return decode
+        return await self._read(
+            Operation.STATUS,
+            [("merchant_id", self._credentials.merchant_id), ("customer", customer)],
+            decode,
+            policy=policy,
+            call=call,
+            deadline=deadline,
+            guarded=False,
+        )
 
     async def _reconcile(
         self,
@@ -908,15 +915,7 @@ class FreedomPayClient:
         """Ask the status by customer after an ambiguous pay; failures become ambiguous."""
         window = max(deadline, self._clock.monotonic() + RECONCILE_MIN_WINDOW)
         try:
-            return await self._read(
-                Operation.STATUS,
-                self._status_fields(customer),
-                self._status_decoder(customer),
-                policy=policy,
-                call=call,
-                deadline=window,
-                guarded=False,
-            )
+            return await self._status_read(customer, policy=policy, call=call, deadline=window)
         except FreedomPayError as exc:
             exc.__context__ = cause
             raise self._ambiguous(call, customer, "its status could not be read") from exc
@@ -954,23 +953,16 @@ class FreedomPayClient:
             await clock.sleep(delay)
             read_deadline = clock.monotonic() + min(policy.deadline, max(end - now, 1.0))
             try:
-                status = await self._read(
-                    Operation.STATUS,
-                    self._status_fields(customer),
-                    self._status_decoder(customer),
-                    policy=policy,
-                    call=call,
-                    deadline=read_deadline,
-                    guarded=False,
+                status = await self._status_read(
+                    customer, policy=policy, call=call, deadline=read_deadline
                 )
-            except GatewayError as exc:
-                logger.warning(
-                    "poll read refused (%s) %s", exc.error_code, _fmt_context(call.context)
-                )
-                continue
             except FreedomPayError as exc:
+                # A missed poll is not an outcome: the next one may succeed before the timeout.
                 logger.warning(
-                    "poll read failed (%s) %s", type(exc).__name__, _fmt_context(call.context)
+                    "poll read failed (%s %s) %s",
+                    type(exc).__name__,
+                    getattr(exc, "error_code", None) or "",
+                    _fmt_context(call.context),
                 )
                 continue
             last = status

@@ -56,13 +56,18 @@ def _json_scalar(value: str | int | Decimal) -> str:
     """Render one value as compact JSON: numbers as numbers, text unescaped UTF-8."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int | Decimal):
+        return _number_text(value)
+    return str(_dumps_str(value))
+
+
+def _number_text(value: int | Decimal) -> str:
+    """Write a number as its plain decimal text (never exponent notation, never via float)."""
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("a non-finite Decimal cannot be signed")
-        return format(value, "f")
-    return str(_dumps_str(value))
+    if not value.is_finite():
+        raise ValueError("a non-finite Decimal cannot be signed")
+    return format(value, "f")
 
 
 def jws_payload(fields: Iterable[tuple[str, str | int | Decimal]]) -> bytes:
@@ -345,12 +350,8 @@ def _leaf_text(value: object) -> str:
         return value
     if isinstance(value, bool):
         raise TypeError("a bool cannot be signed: send the text the gateway receives (1 or 0)")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("a non-finite Decimal cannot be signed")
-        return format(value, "f")
+    if isinstance(value, int | Decimal):
+        return _number_text(value)
     raise TypeError(f"a {type(value).__name__} cannot be signed: give text, int or Decimal")
 
 
