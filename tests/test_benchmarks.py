@@ -1,0 +1,53 @@
+"""The benchmark runner's quick mode runs end to end and writes every table (no timing checks)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER = ROOT / "benchmarks" / "run.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_quick_run_writes_every_row_and_section(tmp_path: Path) -> None:
+    """`run.py --quick` exits 0 and reports all four rows at every level, and every section."""
+    report = tmp_path / "RESULTS.md"
+    completed = subprocess.run(  # noqa: S603 - our own runner, with fixed arguments
+        [sys.executable, str(RUNNER), "--quick", "--output", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    text = report.read_text(encoding="utf-8")
+    for section in (
+        "## Machine",
+        "## Targets",
+        "## Throughput, CPU and latency",
+        "## Ratios",
+        "## Decode",
+        "## Memory",
+        "## Tail latency",
+        "## Profile",
+    ):
+        assert section in text, section
+    for level in (1, 64, 1024):
+        table = text.split(f"### c = {level} ", 1)[1].split("\n\n", 2)[1]
+        for row in (
+            "1. naive aiohttp",
+            "2. best raw aiohttp",
+            "3. SDK pay_invoice",
+            "4. SDK pay_invoices",
+        ):
+            line = next(line for line in table.splitlines() if line.startswith(f"| {row}"))
+            assert "not run" not in line, line
+    assert "SDK decode_payment" in text
+    assert text.count("**pass**") + text.count("**FAIL**") >= 10
+    assert "server on core" in text or "pinning | none" in text
