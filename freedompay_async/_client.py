@@ -52,6 +52,7 @@ from freedompay_async._models import (
     PayOutcome,
     PayRequest,
     parse_amount,
+    payment_state,
 )
 from freedompay_async._protocol import Field, Operation, OutgoingRequest, RawResponse, build_request
 from freedompay_async._retry import (
@@ -797,10 +798,7 @@ class FreedomPayClient:
                 poll=poll or self._poll,
                 call=call,
             )
-            state = PayOutcome(
-                request=PayRequest(customer=customer, user_id=user_id, card_token=card_token),
-                payment=payment,
-            ).state
+            state = payment_state(payment)
         except PaymentPending:
             state = "pending"
             raise

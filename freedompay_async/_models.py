@@ -193,6 +193,19 @@ _STATE_BY_STATUS: dict[InvoiceStatus, OutcomeState] = {
 }
 
 
+def payment_state(payment: InvoicePayment) -> OutcomeState:
+    """
+    Classify a payment that ended without an error.
+
+    Args:
+        payment: The payment.
+
+    Returns:
+        `paid`, `failed` or `expired` for a terminal status, else `pending`.
+    """
+    return _STATE_BY_STATUS.get(payment.invoice_status, "pending")
+
+
 @attrs.frozen(kw_only=True)
 class PayOutcome:
     """
@@ -223,7 +236,7 @@ class PayOutcome:
             for any other failure (nothing is known to have been charged).
         """
         if self.error is None and self.payment is not None:
-            return _STATE_BY_STATUS.get(self.payment.invoice_status, "pending")
+            return payment_state(self.payment)
         if isinstance(self.error, PaymentPending):
             return "pending"
         if isinstance(self.error, AmbiguousPaymentError):

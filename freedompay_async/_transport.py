@@ -109,6 +109,13 @@ class FifoGate:
         """Callers queued for a slot."""
         return len(self._waiters)
 
+    def try_acquire(self) -> bool:
+        """Take a slot without waiting; False when none is free or others are queued."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Wait for a slot, in arrival order."""
         if self._free > 0 and not self._waiters:
@@ -240,8 +247,11 @@ class Transport:
         operation = request.operation.value
         gate = self.gate
         try:
-            async with asyncio.timeout(max(min(self._timeouts.pool, remaining), 0.0)):
-                await gate.acquire()
+            # A free slot is taken at once: the pool timeout (a timer armed and cancelled) is
+            # only paid by a caller that really waits.
+            if not gate.try_acquire():
+                async with asyncio.timeout(max(min(self._timeouts.pool, remaining), 0.0)):
+                    await gate.acquire()
         except TimeoutError as exc:
             raise PoolTimeout(
                 f"{operation}: no connection slot free within the pool timeout; not sent",

@@ -17,6 +17,7 @@ verifies.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 _dumps_str = json.JSONEncoder(ensure_ascii=False).encode
+# The C string encoder behind `_dumps_str`, without JSONEncoder.encode's Python-level dispatch.
+_encode_str = json.encoder.encode_basestring
+# Field names repeat on every request: quote each once.
+_json_name = functools.lru_cache(maxsize=256)(_encode_str)
 
 
 def _b64url(data: bytes) -> str:
@@ -54,6 +59,8 @@ def _b64url_decode(text: str) -> bytes:
 
 def _json_scalar(value: str | int | Decimal) -> str:
     """Render one value as compact JSON: numbers as numbers, text unescaped UTF-8."""
+    if value.__class__ is str:
+        return _encode_str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | Decimal):
@@ -85,7 +92,7 @@ def jws_payload(fields: Iterable[tuple[str, str | int | Decimal]]) -> bytes:
     Raises:
         ValueError: A `Decimal` is not finite.
     """
-    body = ",".join(f"{_dumps_str(name)}:{_json_scalar(value)}" for name, value in fields)
+    body = ",".join(f"{_json_name(name)}:{_json_scalar(value)}" for name, value in fields)
     return ("{" + body + "}").encode()
 
 
@@ -127,6 +134,12 @@ def _hs512(secret_key: str, b64_header: str, payload: bytes) -> str:
     return _b64url(hmac.new(secret_key.encode(), signing_input, hashlib.sha512).digest())
 
 
+@functools.lru_cache(maxsize=64)
+def _b64_header(path: str, merchant_id: str | int, header_key: Literal["path", "uri"]) -> str:
+    """The encoded protected header: constant per endpoint and merchant, so built once."""
+    return _b64url(jws_header(path=path, merchant_id=merchant_id, header_key=header_key))
+
+
 def jws_detached(
     payload: bytes,
     *,
@@ -148,7 +161,7 @@ def jws_detached(
     Returns:
         `B64H..B64S`: the header and signature, base64url without padding, payload cut out.
     """
-    b64_header = _b64url(jws_header(path=path, merchant_id=merchant_id, header_key=header_key))
+    b64_header = _b64_header(path, merchant_id, header_key)
     return f"{b64_header}..{_hs512(secret_key, b64_header, payload)}"
 
 
