@@ -417,9 +417,10 @@ class FreedomPayClient:
     async def _send_once(
         self, request: OutgoingRequest, call: _Call, deadline: float
     ) -> RawResponse:
+        # Counted before the rate limiter: a limiter that times out still spends an attempt.
+        call.attempts += 1
         if self._rate_limiter is not None:
             await self._rate_limiter.acquire()
-        call.attempts += 1
         remaining = deadline - self._clock.monotonic()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
