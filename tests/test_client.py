@@ -287,3 +287,27 @@ async def test_payment_model_is_frozen(
     assert isinstance(payment, InvoicePayment)
     with pytest.raises(AttributeError):
         payment.amount = Decimal(1)  # type: ignore[misc]
+
+
+async def test_rate_limiter_timeouts_spend_attempts(
+    emulator: FreedomPayEmulator, make_client: Callable[..., FreedomPayClient]
+) -> None:
+    """A rate limiter that always times out ends the call after RetryPolicy.attempts, unsent."""
+    from freedompay_async import PoolTimeout
+
+    class Refusing:
+        calls = 0
+
+        async def acquire(self) -> None:
+            Refusing.calls += 1
+            raise PoolTimeout("no token in time; not sent")
+
+    customer = emulator.create_invoice()
+    retry = RetryPolicy(attempts=3, deadline=1000.0, budget=None, breaker_threshold=None)
+    async with make_client(rate_limiter=Refusing(), retry=retry) as client:
+        with pytest.raises(PoolTimeout) as caught:
+            await client.pay_invoice(customer=customer, user_id="u", card_token=TOKEN)
+    assert caught.value.attempts == 3
+    assert Refusing.calls == 3
+    assert emulator.charges(customer) == 0
+    assert emulator.stats.requests == 0
