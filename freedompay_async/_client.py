@@ -414,31 +414,6 @@ class FreedomPayClient:
         except Exception:
             logger.exception("the %s hook raised; the call goes on", action)
 
-    async def _send_once(
-        self, request: OutgoingRequest, call: _Call, deadline: float
-    ) -> RawResponse:
-        # Counted before the rate limiter: a limiter that times out still spends an attempt.
-        call.attempts += 1
-        if self._rate_limiter is not None:
-            await self._rate_limiter.acquire()
-        remaining = deadline - self._clock.monotonic()
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "%s attempt %d %s", call.operation.value, call.attempts, _fmt_context(call.context)
-            )
-        if not call.operation.moves_money:
-            return await self._transport.send(request, remaining=remaining)
-        try:
-            return await self._transport.send(request, remaining=remaining)
-        except asyncio.CancelledError:
-            # The request may have been written: the guard must keep this customer claimed.
-            call.landed = True
-            logger.warning(
-                "pay cancelled while in flight: outcome unknown, check invoice_status %s",
-                _fmt_context(call.context),
-            )
-            raise
-
     async def _attempts(
         self,
         request: OutgoingRequest,
@@ -462,6 +437,8 @@ class FreedomPayClient:
         clock = self._clock
         breaker = self._breaker if guarded else None
         budget = self._budget if guarded else None
+        send = self._transport.send
+        debug = logger.isEnabledFor(logging.DEBUG)
         while True:
             if breaker is not None and not breaker.allow(clock.monotonic()):
                 error: FreedomPayError = CircuitOpenError(
@@ -472,12 +449,32 @@ class FreedomPayClient:
                 error.attempts = call.attempts
                 self._event(call, delay=0.0, outcome=Outcome.LOCAL, action="giveup", cause=error)
                 raise error
+            # Counted before the rate limiter: a limiter that times out still spends an attempt.
+            call.attempts += 1
+            if debug:
+                logger.debug(
+                    "%s attempt %d %s",
+                    call.operation.value,
+                    call.attempts,
+                    _fmt_context(call.context),
+                )
             result: _T | FreedomPayError
             try:
-                raw = await self._send_once(request, call, deadline)
+                if self._rate_limiter is not None:
+                    await self._rate_limiter.acquire()
+                raw = await send(request, remaining=deadline - clock.monotonic())
                 result = decode(raw)
             except FreedomPayError as exc:
                 result = exc
+            except asyncio.CancelledError:
+                if moves_money:
+                    # The request may have been written: the guard must keep it claimed.
+                    call.landed = True
+                    logger.warning(
+                        "pay cancelled while in flight: outcome unknown, check invoice_status %s",
+                        _fmt_context(call.context),
+                    )
+                raise
             outcome = classify(result, moves_money=moves_money)
             failed = outcome in BREAKER_FAILURES
             if breaker is not None:

@@ -129,9 +129,16 @@ def jws_header(
     ).encode()
 
 
+@functools.lru_cache(maxsize=16)
+def _hmac_sha512(secret_key: str) -> hmac.HMAC:
+    """A keyed HMAC-SHA512 to copy per message: the key schedule is computed once per key."""
+    return hmac.new(secret_key.encode(), digestmod=hashlib.sha512)
+
+
 def _hs512(secret_key: str, b64_header: str, payload: bytes) -> str:
-    signing_input = f"{b64_header}.{_b64url(payload)}".encode("ascii")
-    return _b64url(hmac.new(secret_key.encode(), signing_input, hashlib.sha512).digest())
+    mac = _hmac_sha512(secret_key).copy()
+    mac.update(f"{b64_header}.{_b64url(payload)}".encode("ascii"))
+    return _b64url(mac.digest())
 
 
 @functools.lru_cache(maxsize=64)
