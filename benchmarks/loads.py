@@ -93,11 +93,8 @@ def sign(payload: bytes) -> str:
     return f"{_JWS_HEADER_B64}..{_b64url(digest)}"
 
 
-# -- row 1: naive ------------------------------------------------------------------------------
-
-
-class NaiveRow:
-    """`aiohttp.FormData` multipart and a default `xmltodict.parse`, as a user writes it."""
+class _SessionRow:
+    """A hand-written row's lifecycle: one aiohttp session with a pool sized for the level."""
 
     def __init__(self, base_url: str, concurrency: int) -> None:
         self._url = base_url + PAY_PATH
@@ -111,6 +108,13 @@ class NaiveRow:
     async def __aexit__(self, *exc: object) -> None:
         assert self._session is not None
         await self._session.close()
+
+
+# -- row 1: naive ------------------------------------------------------------------------------
+
+
+class NaiveRow(_SessionRow):
+    """`aiohttp.FormData` multipart and a default `xmltodict.parse`, as a user writes it."""
 
     async def pay(self, customer: str) -> dict[str, Any]:
         """Pay one invoice; return the reply's fields as xmltodict built them."""
@@ -157,21 +161,8 @@ _TAIL = (
 )
 
 
-class RawRow:
+class RawRow(_SessionRow):
     """One pre-serialised `bytes` body, `read()`, one tuned parse, an attrs model."""
-
-    def __init__(self, base_url: str, concurrency: int) -> None:
-        self._url = base_url + PAY_PATH
-        self._limit = pool_size(concurrency)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._limit))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._session is not None
-        await self._session.close()
 
     async def pay(self, customer: str) -> Payment:
         """Pay one invoice; return the typed model."""
