@@ -16,6 +16,8 @@ ALLOWED: dict[str, set[str]] = {
     "_models": {"_exceptions"},
     "_config": {"_exceptions"},
     "signing": set(),
+    "masking": set(),
+    "settlement": {"_models", "_exceptions"},
     "_protocol": {"signing", "_config", "_models", "_exceptions"},
     "_decode": {"_protocol", "_models", "_exceptions"},
     "_retry": {"_config", "_models", "_exceptions"},
@@ -35,7 +37,17 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"__init__", "testing", "contrib"},
     "__main__": {"cli"},
 }
-PURE = {"_exceptions", "_models", "_config", "signing", "_protocol", "_decode", "_retry"}
+PURE = {
+    "_exceptions",
+    "_models",
+    "_config",
+    "signing",
+    "masking",
+    "settlement",
+    "_protocol",
+    "_decode",
+    "_retry",
+}
 FORBIDDEN_IN_PURE = {"asyncio", "aiohttp", "time", "random"}
 
 
