@@ -293,6 +293,7 @@ class FreedomPayEmulator:
     The admin API (JSON, no signature, not counted in `stats`) offers the same controls to
     another process:
 
+    - `GET /_emulator/` → the list of these routes.
     - `POST /_emulator/invoices` `{"count": 3, "fate": {"kind": "declined", "error_code": 5},
       "amount": "100", "currency": "KZT"}` (or `"order_id"` with count 1) →
       `{"customers": [...]}`.
@@ -382,6 +383,7 @@ class FreedomPayEmulator:
         self._closing = asyncio.Event()
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post(_API_PATH, self._api)
+        app.router.add_get("/_emulator/", self._admin_index)
         app.router.add_post("/_emulator/invoices", self._admin_invoices)
         app.router.add_get("/_emulator/invoices/{customer}", self._admin_invoice)
         app.router.add_post("/_emulator/cards", self._admin_cards)
@@ -952,6 +954,18 @@ class FreedomPayEmulator:
     def _fate_or_none(data: Mapping[str, Any]) -> Fate | None:
         raw = data.get("fate")
         return None if raw is None else Fate.from_dict(raw)
+
+    async def _admin_index(self, _request: web.Request) -> web.StreamResponse:
+        routes = [
+            "POST /_emulator/invoices",
+            "GET /_emulator/invoices/{customer}",
+            "POST /_emulator/cards",
+            "POST /_emulator/faults",
+            "DELETE /_emulator/faults",
+            "POST /_emulator/expire",
+            "GET /_emulator/stats",
+        ]
+        return _json_response({"base_url": self.base_url, "routes": routes})
 
     async def _admin_invoices(self, request: web.Request) -> web.StreamResponse:
         data = await self._admin_json(request)
