@@ -49,9 +49,10 @@ def _configure_logging(verbosity: int) -> None:
     level = levels[min(verbosity, len(levels) - 1)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("freedompay_async")
-    root.addHandler(handler)
-    root.setLevel(level)
+    for name in ("freedompay_async", "arq"):  # arq logs each Redis reconnect attempt
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 def _handlers() -> dict[str, Callable[[Any], Any]]:
