@@ -39,6 +39,7 @@ EXIT_INTERNAL: Final = 70
 EXIT_CODES_HELP: Final = """exit status:
   0        every invoice paid (status/info/init/pay: the call succeeded)
   1        finished, but some rows were declined, expired, refused or malformed
+           (status/info/init/pay: the call failed; demo: an invoice was charged twice)
   2        usage or configuration error: bad option, file, credential or host
   3        some outcomes are unknown (in doubt, pending, cut off): run again with --resume
   70       unexpected internal error (rerun with --debug and report it)

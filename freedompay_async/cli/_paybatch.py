@@ -164,7 +164,8 @@ def _finish(
         (f"{kind} {code}".strip(), f"{count}  {text}".rstrip())
         for (kind, code, text), count in tally.failures.most_common()
     ]
-    perf = _render.batch_facts(summary, requests=requests)
+    done = sum(tally.paid_now.values()) + sum(tally.by_status.values())
+    perf = _render.batch_facts(summary, requests=requests, done=done)
     footer = _footer(args, tally, stop, journal, code)
     if args.json:
         data = {

@@ -59,12 +59,17 @@ def seconds(value: float | None) -> str:
     return f"{value:.2f} s"
 
 
-def batch_facts(summary: BatchSummary, *, requests: int | None = None) -> list[tuple[str, str]]:
-    """The performance lines of a summary; *requests* overrides the count of requests sent."""
+def batch_facts(
+    summary: BatchSummary, *, requests: int | None = None, done: int | None = None
+) -> list[tuple[str, str]]:
+    """The performance lines of a summary; *requests* and *done* (rows) override its counts."""
+    throughput = summary.throughput
+    if done is not None:
+        throughput = done / summary.elapsed if summary.elapsed > 0 else 0.0
     return [
         ("requests sent", str(summary.requests if requests is None else requests)),
         ("retries (requests beyond the first per invoice)", str(summary.retries)),
-        ("throughput", f"{summary.throughput:,.0f} invoices/s"),
+        ("throughput", f"{throughput:,.0f} invoices/s"),
         ("latency p50", seconds(summary.latency_p50)),
         ("latency p99", seconds(summary.latency_p99)),
         ("latency max", seconds(summary.latency_max)),
