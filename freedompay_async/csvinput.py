@@ -52,9 +52,11 @@ REQUIRED_COLUMNS: Final = ("customer", "user_id", "card_token")
 _OPTIONAL_COLUMNS: Final = ("key",)
 
 
-class CsvInputError(ConfigurationError):
+class CsvInputError(ValueError):
     """
     The CSV file cannot be used at all: unreadable, undecodable, or a header without the columns.
+
+    A file error, not a gateway call's: it is a `ValueError`, outside the `FreedomPayError` tree.
 
     Attributes:
         path: The file.
@@ -66,8 +68,12 @@ class CsvInputError(ConfigurationError):
         self.path = path
         self.line = line
 
-    def _state(self) -> dict[str, object]:
-        return {"path": self.path, "line": self.line}
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_csv_error, (str(self), self.path, self.line))
+
+
+def _rebuild_csv_error(message: str, path: Path, line: int | None) -> CsvInputError:
+    return CsvInputError(message, path=path, line=line)
 
 
 def _token_repr(token: str) -> str:

@@ -105,3 +105,13 @@ def test_bad_reader_options_and_paths_are_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="read once"):
         list(table)
     table.close()
+
+
+def test_a_csv_error_pickles_with_its_line() -> None:
+    """CsvInputError survives pickle with its path and line (it crosses process boundaries)."""
+    import pickle
+
+    error = CsvInputError("in.csv:7: bad", path=Path("in.csv"), line=7)
+    again = pickle.loads(pickle.dumps(error))
+    assert (str(again), again.path, again.line) == ("in.csv:7: bad", Path("in.csv"), 7)
+    assert isinstance(again, ValueError)
