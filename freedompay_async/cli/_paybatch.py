@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from freedompay_async import BatchSummary, FreedomPayClient
 
 _UNKNOWN_STATES = ("pending", "ambiguous")
+_SHOWN_FAILURES = 12
 
 
 def _open_input(args: argparse.Namespace) -> PayCsv:
@@ -160,10 +161,14 @@ def _finish(
         ("rows not started", str(tally.not_started)),
         (f"lines written to {args.out}", str(journal.written)),
     ]
+    ranked = tally.failures.most_common()
     failures = [
         (f"{kind} {code}".strip(), f"{count}  {text}".rstrip())
-        for (kind, code, text), count in tally.failures.most_common()
+        for (kind, code, text), count in ranked[:_SHOWN_FAILURES]
     ]
+    if len(ranked) > _SHOWN_FAILURES:
+        rest = sum(count for _, count in ranked[_SHOWN_FAILURES:])
+        failures.append(("more", f"{rest} failures of {len(ranked) - _SHOWN_FAILURES} more kinds"))
     done = sum(tally.paid_now.values()) + sum(tally.by_status.values())
     perf = _render.batch_facts(summary, requests=requests, done=done)
     footer = _footer(args, tally, stop, journal, code)

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from freedompay_async.cli._signals import Stop
 
 
+#: Distinct failure messages kept for the summary; more are counted as "other messages".
+_MAX_FAILURE_KINDS = 200
+
+
 @attrs.frozen
 class RowKey:
     """What a `PayRequest.key` holds for a CSV row: its line and its own key."""
@@ -87,14 +91,17 @@ class Tally:
             kind = record["error"] or "declined"
             code = "" if record["error_code"] is None else str(record["error_code"])
             text = record["error_description"] or record["message"] or ""
-            self.failures[kind, code, printable(text)[:160]] += 1
+            key = (kind, code, printable(text)[:160])
+            if key not in self.failures and len(self.failures) >= _MAX_FAILURE_KINDS:
+                key = (kind, code, "(other messages)")
+            self.failures[key] += 1
         advice = systemic_advice(error, self.args) if error is not None else None
         if advice is None or error is None:
             self.streak = ("", 0)
             return
         kind = failure_kind(error)
-        count = self.streak[1] + 1 if self.streak[0] == kind else 1
-        self.streak = (kind, count)
+        count = self.streak[1] + 1 if self.streak[0] == advice else 1  # one cause, one streak
+        self.streak = (advice, count)
         limit = self.args.stop_after
         if limit and count >= limit:
             stop.request(
