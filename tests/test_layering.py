@@ -23,7 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "_inflate": set(),
     "_decode": {"_protocol", "_models", "_exceptions", "masking"},
     "_retry": {"_config", "_models", "_exceptions"},
-    "_transport": {"_protocol", "_config", "_exceptions", "_inflate", "masking"},
+    "_transport": {"_protocol", "_config", "_exceptions", "_inflate", "masking", "_gate"},
+    "_gate": set(),
     "_batch": {"_models", "_exceptions"},
     "_client": {
         "_batch",
