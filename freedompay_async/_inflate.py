@@ -107,17 +107,15 @@ class Inflater:
         if self.over or not data:
             return self.over
         self._input += len(data)
-        if self._input > self._max_input:
-            self.over = True
-            return True
         if self.encoding == "identity":
             self._keep(data[: self._cap + 1 - self._size])
-            return self.over
-        if self._decompressor is None:
-            data = self._start_deflate(data)
+        else:
             if self._decompressor is None:
-                return False
-        self._inflate(data)
+                data = self._start_deflate(data)
+            if self._decompressor is not None:
+                self._inflate(data)
+        if self._input > self._max_input:
+            self.over = True
         return self.over
 
     def _start_deflate(self, data: bytes) -> bytes:

@@ -244,7 +244,7 @@ class Transport:
             it; the connection is then closed, not pooled).
 
         Raises:
-            PoolTimeout: No gate slot in time (not sent).
+            PoolTimeout: No gate slot in time, or no time left at all (not sent).
             ConnectTimeout: No connection in time (not sent).
             ConnectError: The connection failed (not sent).
             ReadTimeout: No complete reply in time once written, or the deadline passed
@@ -260,7 +260,11 @@ class Transport:
             assert session is not None  # noqa: S101 - open() just set it
         operation = request.operation.value
         gate = self.gate
-        remaining = max(remaining, 0.0)
+        if remaining <= 0:
+            raise PoolTimeout(
+                f"{operation}: the call's deadline passed before the request was sent; not sent",
+                operation=operation,
+            )
         # A free slot is taken at once: the pool timeout (a timer armed and cancelled) is only
         # paid by a caller that really waits.
         if not gate.try_acquire():

@@ -14,6 +14,7 @@ import contextlib
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Self
 
 __all__ = [
     "PAY_PATH",
@@ -76,7 +77,7 @@ class RawServer:
         """How many requests for *path* arrived."""
         return sum(1 for request in self.requests if request.path == path)
 
-    async def __aenter__(self) -> RawServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
 

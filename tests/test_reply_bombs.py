@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hostile_http import RawServer, Request, deflate_bomb, gzip_bomb, http_reply, xml
 
 CHILD = Path(__file__).with_name("bomb_child.py")
