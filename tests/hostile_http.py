@@ -106,6 +106,8 @@ class RawServer:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server is shutting down; ending quietly keeps asyncio from logging it
         finally:
             self._tasks.discard(task)
             writer.close()
