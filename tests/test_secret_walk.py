@@ -11,6 +11,7 @@ looking for the secret key, the card token, any signature the server saw, and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import pickle
@@ -18,6 +19,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from hostile_http import RawServer, Request, http_reply, xml
 
 import freedompay_async._exceptions as exceptions_module
 from freedompay_async import (
@@ -32,7 +34,6 @@ from freedompay_async._exceptions import TransportCause
 from freedompay_async._inflate import InflateError
 from freedompay_async.callbacks import parse_notification
 from freedompay_async.testing import VirtualClock
-from hostile_http import RawServer, Request, http_reply, xml
 
 SECRET = "walk-secret-key-0123456789abcdef"
 CARD_TOKEN = "tok-WALK-SECRET-TOKEN-7f3a9c"
@@ -125,12 +126,14 @@ async def _produce(gateway: Gateway, server: RawServer) -> list[BaseException]:
     url = server.base_url
     caught: list[BaseException] = []
     async with _client(url) as client:
-        for scenario in ("status", "decode", "bomb", "corrupt", "gateway"):
-            caught.append(
+        caught.extend(
+            [
                 await _caught(
                     client.pay_invoice(customer=f"{scenario}:1", user_id="u", card_token=CARD_TOKEN)
                 )
-            )
+                for scenario in ("status", "decode", "bomb", "corrupt", "gateway")
+            ]
+        )
         caught.append(await _caught(client.invoice_status(customer="status:read")))
         # an ambiguous pay: dropped after it was written, status still new
         caught.append(
@@ -211,10 +214,8 @@ class _full_backlog:  # noqa: N801 - a context manager used like a function
         for _ in range(4):
             filler = socket.socket()
             filler.setblocking(False)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 filler.connect(("127.0.0.1", port))
-            except BlockingIOError:
-                pass
             self.fillers.append(filler)
         return port
 
@@ -267,14 +268,15 @@ async def test_no_secret_in_any_exception_chain_repr_str_pickle_or_log(
             assert not hasattr(link, "request_info"), repr(link)
             views = {"repr": repr(link), "str": str(link), "pickle": pickle.dumps(link)}
             if isinstance(link, FreedomPayError):
-                restored = pickle.loads(views["pickle"])  # noqa: S301 - our own bytes
+                restored = pickle.loads(views["pickle"])
                 views["repr(restored)"] = repr(vars(restored))
             for view, text in views.items():
                 data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
                 for needle in needles:
                     assert needle.encode() not in data, f"{type(link).__name__} {view}: {needle}"
             if isinstance(link, FreedomPayError):
-                assert "\n" not in str(link) and "\r" not in str(link), repr(str(link))
+                assert "\n" not in str(link), repr(str(link))
+                assert "\r" not in str(link), repr(str(link))
 
     missing = {t for t in _defined_types() if not any(issubclass(p, t) for p in produced)}
     assert not missing, f"no scenario produced {sorted(t.__name__ for t in missing)}"
@@ -282,7 +284,8 @@ async def test_no_secret_in_any_exception_chain_repr_str_pickle_or_log(
 
     for record in caplog.records:
         line = record.getMessage()
-        assert "\n" not in line and "\r" not in line, line
+        assert "\n" not in line, line
+        assert "\r" not in line, line
         for needle in needles:
             assert needle not in line, f"log line holds {needle}: {line}"
 
