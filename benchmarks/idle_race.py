@@ -53,7 +53,10 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 def _reply() -> bytes:
     body = b"<?xml version='1.0'?><response><status>ok</status></response>"
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -92,11 +95,11 @@ async def _run(keepalive: float, timing: str, sends: int, rng: random.Random) ->
 
 async def _main(sends: int) -> None:
     rng = random.Random(7)
-    print(f"server idle timeout {IDLE}s, {sends} sequential pays per row")  # noqa: T201
+    print(f"server idle timeout {IDLE}s, {sends} sequential pays per row")
     for timing in ("matched", "random"):
         for label, keepalive in (("former 15 s", 15.0), ("default 0.75x", IDLE * 0.75)):
             lost = await _run(keepalive, timing, sends, rng)
-            print(f"{timing:8} {label:14} ambiguous {lost}/{sends}")  # noqa: T201
+            print(f"{timing:8} {label:14} ambiguous {lost}/{sends}")
 
 
 if __name__ == "__main__":
