@@ -350,6 +350,9 @@ class Transport:
         inflater = Inflater(
             response.headers.get("Content-Encoding"), cap=cap, max_input=cap + _INPUT_SLACK
         )
+        length = response.content_length
+        if inflater.encoding == "identity" and length is not None and length <= cap:
+            return await response.read()  # the common reply: its length is known and small
         content = response.content
         while True:
             chunk = await content.readany()
