@@ -54,8 +54,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 def _reply() -> bytes:
     body = b"<?xml version='1.0'?><response><status>ok</status></response>"
     head = (
-        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
