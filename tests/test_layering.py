@@ -12,16 +12,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "freedompay_async"
 # module -> internal modules it may import (names relative to the package).
 ALLOWED: dict[str, set[str]] = {
     "__init__": {"_client", "_config", "_exceptions", "_models", "_retry", "_batch"},
-    "_exceptions": {"_models"},  # type-checking only (PaymentPending.payment)
-    "_models": {"_exceptions"},
+    "_exceptions": {"_models", "masking"},  # _models: type-checking only
+    "_models": {"_exceptions", "masking"},
     "_config": {"_exceptions"},
     "signing": set(),
     "masking": set(),
     "settlement": {"_models", "_exceptions"},
-    "_protocol": {"signing", "_config", "_models", "_exceptions"},
-    "_decode": {"_protocol", "_models", "_exceptions"},
+    "_protocol": {"signing", "_config", "_models", "_exceptions", "_validate", "masking"},
+    "_validate": {"_models", "_exceptions"},
+    "_inflate": set(),
+    "_decode": {"_protocol", "_models", "_exceptions", "masking"},
     "_retry": {"_config", "_models", "_exceptions"},
-    "_transport": {"_protocol", "_config", "_exceptions"},
+    "_transport": {"_protocol", "_config", "_exceptions", "_inflate", "masking", "_gate"},
+    "_gate": set(),
     "_batch": {"_models", "_exceptions"},
     "_client": {
         "_batch",
@@ -47,6 +50,8 @@ PURE = {
     "_protocol",
     "_decode",
     "_retry",
+    "_validate",
+    "_inflate",
 }
 FORBIDDEN_IN_PURE = {"asyncio", "aiohttp", "time", "random"}
 
