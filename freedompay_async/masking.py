@@ -7,7 +7,7 @@ goes through this module, so one rule decides what a reader (or an attacker read
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+__all__ = ["mask_token", "printable"]
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -36,3 +36,22 @@ def printable(value: object) -> str:
         else:
             out.append(ascii(char)[1:-1])
     return "".join(out)
+
+
+_TOKEN_TAIL = 4
+
+
+def mask_token(token: str) -> str:
+    """
+    Mask a card token for display: only its last four characters stay, and only when it is long.
+
+    Args:
+        token: The card token.
+
+    Returns:
+        `…` and the last four characters for a token longer than eight characters, else `…`.
+    """
+    text = token if isinstance(token, str) else str(token)
+    if len(text) > 2 * _TOKEN_TAIL:
+        return "…" + printable(text[-_TOKEN_TAIL:])
+    return "…"
