@@ -4,7 +4,8 @@ Test support: an embedded Freedom Pay emulator and a virtual clock.
 `FreedomPayEmulator` serves the invoice API on 127.0.0.1 over real sockets, verifies every
 signature, scripts the fate of each payment, injects faults and counts the charges per invoice;
 `emulator.classic` (a `ClassicGateway`) serves the classic Merchant API beside it: saved cards,
-payment status, refunds, cancels and captures, with the same faults; `VirtualClock` makes the client's sleeps instant and records them.
+payment status, refunds, cancels and captures, with the same faults; `VirtualClock` makes the
+client's sleeps instant and records them.
 
 Example:
     ```python
