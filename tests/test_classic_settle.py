@@ -185,7 +185,7 @@ money = st.decimals(min_value=D("0.01"), max_value=D(500), places=2)
     elapsed=st.floats(min_value=0, max_value=60),
     window=st.one_of(st.none(), st.floats(min_value=0, max_value=60)),
 )
-def test_refund_rule_never_says_not_landed_for_a_refund_that_landed(  # noqa: PLR0913
+def test_refund_rule_never_says_not_landed_for_a_refund_that_landed(
     *,
     amount: Decimal,
     prior: list[Decimal],
