@@ -466,3 +466,14 @@ def test_models_are_frozen_and_pickle() -> None:
     assert pickle.loads(pickle.dumps(status)) == status
     card = SavedCard(card_token="tok-1234567890")
     assert pickle.loads(pickle.dumps(card)) == card
+
+
+@pytest.mark.parametrize(
+    ("token", "shown"),
+    [("tok-0123456789", "…6789"), ("12345678", "…"), ("", "…"), ("abcdefgh\x1b123", "…\\x1b123")],
+)
+def test_mask_token_keeps_at_most_four_printable_characters(token: str, shown: str) -> None:
+    """Short tokens vanish entirely; long ones keep a tail of four, control characters escaped."""
+    from freedompay_async.masking import mask_token
+
+    assert mask_token(token) == shown

@@ -434,3 +434,98 @@ def test_no_fault_schedule_refunds_more_than_asked(
             return outcome
 
     assert asyncio.run(scenario()) in {"refunded", "settled", "in_doubt", "refused", "unknown"}
+
+
+# -- the emulator refuses what the gateway would ----------------------------------------------
+
+
+async def _post_form(raw: Raw, path: str, fields: list[tuple[str, str]]) -> GatewayError:
+    """Send hand-made (signed) form fields and return the GatewayError the reply decodes to."""
+    from urllib.parse import urlencode
+
+    from freedompay_async.signing import pg_sig
+
+    signed = [*fields, ("pg_sig", pg_sig(path.rsplit("/", 1)[-1], fields, raw.emu.secret_key))]
+    async with raw.session.post(
+        raw.emu.base_url + path,
+        data=urlencode(signed),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ) as response:
+        body = await response.read()
+    request = build_classic_request(OP.CANCEL, {"payment_id": 1}, credentials=raw.creds, salt="x")
+    reply = RawResponse(status=200, headers={}, body=body)
+    with pytest.raises(GatewayError) as caught:
+        decode_classic_reply(
+            request, reply, credentials=raw.creds, options=ClassicOptions(verify_replies=False)
+        )
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("pg_merchant_id", "123456"), ("pg_payment_id", "1")],
+        [("pg_merchant_id", "123456"), ("pg_payment_id", "x1"), ("pg_salt", "s")],
+        [("pg_merchant_id", "123456"), ("pg_salt", "s")],
+        [("pg_merchant_id", "123456"), ("pg_payment_id", "1"), ("pg_salt", "s"), ("pg_salt", "t")],
+        [
+            ("pg_merchant_id", "123456"),
+            ("pg_payment_id", "PID"),
+            ("pg_salt", "s"),
+            ("pg_refund_amount", "-1"),
+        ],
+        [
+            ("pg_merchant_id", "123456"),
+            ("pg_payment_id", "PID"),
+            ("pg_salt", "s"),
+            ("pg_refund_amount", "ten"),
+        ],
+    ],
+    ids=["no-salt", "bad-id", "no-id", "repeated", "negative", "not-a-number"],
+)
+async def test_malformed_requests_get_error_200(raw: Raw, fields: list[tuple[str, str]]) -> None:
+    """Missing salt or id, a non-numeric id, a repeated field or a bad amount: error 200."""
+    pid = str(raw.emu.classic.create_payment(Decimal(10)))
+    error = await _post_form(raw, "/revoke.php", [(n, pid if v == "PID" else v) for n, v in fields])
+    assert error.error_code == 200
+
+
+async def test_a_non_form_body_is_refused(raw: Raw) -> None:
+    """JSON is not a form: error 200, nothing recorded as valid."""
+    async with raw.session.post(raw.emu.base_url + "/cancel.php", json={"a": 1}) as response:
+        body = await response.read()
+    assert b"<pg_error_code>200</pg_error_code>" in body
+
+
+def test_inject_refuses_unknown_operations_and_stale_writes() -> None:
+    """Inject validates its operation, times and the stale_status target."""
+    emu = FreedomPayEmulator()
+    with pytest.raises(ValueError, match="operation"):
+        emu.classic.inject(Fault.drop(), operation="pay")
+    with pytest.raises(ValueError, match="payment_status only"):
+        emu.classic.inject(Fault.stale_status(), operation="refund")
+    with pytest.raises(ValueError, match="times"):
+        emu.classic.inject(Fault.drop(), times=0)
+    emu.classic.inject(Fault.drop(), operation="*")
+    emu.classic.clear_faults()
+    with pytest.raises(KeyError):
+        emu.classic.refunds(1)
+
+
+async def test_a_delayed_refund_commits_and_answers_late(raw: Raw) -> None:
+    """A delay fault after commit still commits; before commit, it waits then processes."""
+    pid = raw.emu.classic.create_payment(Decimal(10))
+    raw.emu.classic.inject(Fault.delay(0.01), operation="refund")
+    raw.emu.classic.inject(Fault.delay(0.01, after_commit=False), operation="refund")
+    await raw.send(OP.REFUND, {"payment_id": pid, "amount": Decimal(1)})
+    await raw.send(OP.REFUND, {"payment_id": pid, "amount": Decimal(2)})
+    assert raw.emu.classic.refunds(pid) == [Decimal(1), Decimal(2)]
+
+
+async def test_card_add_echoes_the_order_id(raw: Raw) -> None:
+    """The order id given to cardstorage/add comes back in the reply."""
+    added = await raw.send(
+        OP.CARD_ADD,
+        {"user_id": "u", "back_link": "https://s.example/b", "order_id": "card-7"},
+    )
+    assert added.order_id == "card-7"
