@@ -363,6 +363,13 @@ FAULTS = st.sampled_from(
 
 async def _refund_once(raw: Raw, pid: int, amount: Decimal) -> str:
     """Refund at most once: after any doubt, read the status and resend only if not landed."""
+    return await _write_once(raw, OP.REFUND, pid, amount)
+
+
+async def _write_once(
+    raw: Raw, operation: ClassicOperation, pid: int, amount: Decimal | None
+) -> str:
+    """Write at most once: after any doubt, read the status and resend only if not landed."""
 
     async def read() -> PaymentStatus | None:
         for _ in range(6):
@@ -385,7 +392,7 @@ async def _refund_once(raw: Raw, pid: int, amount: Decimal) -> str:
                 if after is None:
                     break
                 found = settle_write(
-                    OP.REFUND,
+                    operation,
                     amount=amount,
                     before=before,
                     after=after,
@@ -401,7 +408,7 @@ async def _refund_once(raw: Raw, pid: int, amount: Decimal) -> str:
                 return "in_doubt"
         last_write = clock()
         try:
-            await raw.send(OP.REFUND, {"payment_id": pid, "amount": amount})
+            await raw.send(operation, {"payment_id": pid, "amount": amount})
         except GatewayError as exc:
             if exc.error_code != 1000:
                 return "refused"
@@ -529,3 +536,40 @@ async def test_card_add_echoes_the_order_id(raw: Raw) -> None:
         {"user_id": "u", "back_link": "https://s.example/b", "order_id": "card-7"},
     )
     assert added.order_id == "card-7"
+
+
+CAPTURE_FAULTS = st.sampled_from(
+    [
+        ("capture", Fault.drop(after_commit=True)),
+        ("capture", Fault.drop(after_commit=False)),
+        ("capture", Fault.http_status(504, after_commit=True)),
+        ("capture", Fault.error_code(1000, after_commit=True)),
+        ("capture", Fault.error_code(1000, after_commit=False)),
+        ("payment_status", Fault.stale_status(reads=4)),
+        ("payment_status", Fault.http_status(500)),
+    ]
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(schedule=st.lists(CAPTURE_FAULTS, max_size=5), partial=st.booleans())
+def test_no_fault_schedule_captures_twice(schedule: list[tuple[str, Fault]], partial: bool) -> None:
+    """On an emulator that would commit a second capture, a settle-first capture commits once."""
+    amount = Decimal(60) if partial else None
+
+    async def scenario() -> str:
+        async with (
+            FreedomPayEmulator(seed=6, adversarial=True) as emu,
+            aiohttp.ClientSession() as session,
+        ):
+            pid = emu.classic.create_payment(Decimal(80), hold=True)
+            for operation, fault in schedule:
+                emu.classic.inject(fault, operation=operation)
+            outcome = await _write_once(Raw(emu, session), OP.CAPTURE, pid, amount)
+            assert emu.classic.captures(pid) <= 1
+            assert emu.classic.double_captured() == []
+            if outcome in ("refunded", "settled"):
+                assert emu.classic.captures(pid) == 1
+            return outcome
+
+    assert asyncio.run(scenario()) in {"refunded", "settled", "in_doubt", "refused", "unknown"}
