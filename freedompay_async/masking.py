@@ -181,15 +181,19 @@ def mask_pans(text: str) -> str:
 
 def mask_token(token: str) -> str:
     """
-    Mask a card token for display.
+    Mask a card token for display: only its last four characters stay, and only when it is long.
 
     Args:
-        token: The token.
+        token: The card token.
 
     Returns:
-        `…` followed by its last four characters, or just `…` when it has four or fewer.
+        `…` and the last four characters (control characters escaped) for a token longer than
+        eight characters, else `…` alone: a short token would show too much of itself.
     """
-    return "…" + token[-_TOKEN_VISIBLE:] if len(token) > _TOKEN_VISIBLE else "…"
+    text = token if isinstance(token, str) else str(token)
+    if len(text) > 2 * _TOKEN_VISIBLE:
+        return "…" + printable(text[-_TOKEN_VISIBLE:])
+    return "…"
 
 
 def _secret_variants(secrets: Iterable[str]) -> list[str]:
