@@ -1,7 +1,7 @@
 """
 The one JSON shape of a pay outcome, written by `pay-batch` and stored by the arq workers.
 
-A record never holds the card token; a PAN goes through `masking.mask_card_pan`. The same
+A record never holds the card token; a PAN goes through `masking.mask_pan`. The same
 fields appear in every record (None when unknown), so a reader can rely on them:
 
 | field | meaning |
@@ -26,7 +26,7 @@ import time
 from typing import Any, Final
 
 from freedompay_async import GatewayError, PayOutcome, PayRequest
-from freedompay_async.masking import mask_card_pan
+from freedompay_async.masking import mask_pan
 
 __all__ = [
     "INTENT_STATE",
@@ -129,7 +129,7 @@ def outcome_record(
             order_id=payment.order_id,
             amount=str(payment.amount) if payment.amount is not None else None,
             currency=payment.currency,
-            card_pan=mask_card_pan(payment.card_pan),
+            card_pan=mask_pan(payment.card_pan) if payment.card_pan is not None else None,
             error_code=payment.error_code,
             error_description=payment.error_description,
         )

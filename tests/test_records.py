@@ -16,23 +16,7 @@ from freedompay_async import (
     PayRequest,
 )
 from freedompay_async.csvinput import CsvInputError, open_pay_csv
-from freedompay_async.masking import mask_card_pan
 from freedompay_async.records import RECORD_FIELDS, intent_record, outcome_record
-
-
-@pytest.mark.parametrize(
-    ("pan", "shown"),
-    [
-        (None, None),
-        ("4405645000006150", "440564******6150"),
-        ("4405 6450 0000 6150", "4405 64** **** 6150"),
-        ("440564******6150", "440564******6150"),
-        ("1234", "1234"),
-    ],
-)
-def test_a_pan_keeps_at_most_six_and_four_digits(pan: str | None, shown: str | None) -> None:
-    """mask_card_pan hides every digit but the first six and last four, separators kept."""
-    assert mask_card_pan(pan) == shown
 
 
 def test_every_record_has_the_same_keys_and_no_card_token() -> None:

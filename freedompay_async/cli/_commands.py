@@ -24,7 +24,7 @@ from freedompay_async.cli._common import (
     describe,
     say,
 )
-from freedompay_async.masking import mask_card_pan
+from freedompay_async.masking import mask_pan
 from freedompay_async.records import TERMINAL_STATES, outcome_record
 from freedompay_async.settlement import Verdict, settle
 
@@ -45,6 +45,7 @@ ADMIN_HELP = """the admin API (JSON over HTTP, no signature; for tests in anothe
   DELETE /_emulator/faults                clear the queued faults
   POST   /_emulator/expire                {"customer": "..."}
   GET    /_emulator/stats[?customers=1]   requests, committed pays, double_charged, invoices
+  POST   /_emulator/cardstorage/complete  {"payment_id": N}: complete a classic card entry
 fate kinds: paid, declined, pending_then_paid, pending_then_failed, expired, gateway_error
 fault kinds: http_status, error_code, drop, delay, malformed_xml, doctype, oversized,
   stale_status"""
@@ -60,7 +61,7 @@ def _payment_json(payment: InvoicePayment) -> dict[str, Any]:
         "invoice_id": payment.invoice_id,
         "amount": str(payment.amount) if payment.amount is not None else None,
         "currency": payment.currency,
-        "card_pan": mask_card_pan(payment.card_pan),
+        "card_pan": mask_pan(payment.card_pan) if payment.card_pan is not None else None,
         "error_code": payment.error_code,
         "error_description": payment.error_description,
         "dt": payment.dt.isoformat() if payment.dt else None,
