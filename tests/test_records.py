@@ -99,3 +99,26 @@ def test_a_csv_error_pickles_with_its_line() -> None:
     again = pickle.loads(pickle.dumps(error))
     assert (str(again), again.path, again.line) == ("in.csv:7: bad", Path("in.csv"), 7)
     assert isinstance(again, ValueError)
+
+
+def test_resume_keeps_a_doubt_that_a_later_refusal_does_not_clear() -> None:
+    """A duplicate's refusal never clears the intent of a pay still in flight for the customer."""
+    from freedompay_async.cli._journal import fold
+
+    priors: dict = {}
+    for record in (
+        {"customer": "c", "state": "sending", "source": "intent", "finished_at": 10.0},
+        {"customer": "c", "state": "sending", "source": "intent", "finished_at": 11.0},
+        {"customer": "c", "state": "error", "source": "pay", "finished_at": 12.0},
+        {"customer": "d", "state": "sending", "source": "intent", "finished_at": 5.0},
+        {"customer": "d", "state": "error", "source": "pay", "finished_at": 6.0},
+        {"customer": "e", "state": "ambiguous", "source": "pay", "finished_at": 7.0},
+        {"customer": "e", "state": "sending", "source": "intent", "finished_at": 8.0},
+        {"customer": "e", "state": "error", "source": "pay", "finished_at": 9.0},
+        {"customer": "f", "state": "paid", "source": "status", "finished_at": 1.0},
+    ):
+        fold(priors, record)
+    assert priors["c"].last_write_at == 11.0  # one pay of two is still unaccounted for
+    assert priors["d"].last_write_at is None  # its only pay was proven never sent
+    assert priors["e"].last_write_at == 7.0  # the earlier ambiguous pay may still land
+    assert priors["f"].terminal == "paid"

@@ -24,12 +24,22 @@ class Prior:
 
     Attributes:
         terminal: The terminal state recorded (never pay again), or None.
-        last_write_at: The last moment (Unix time) a pay may have been sent without a known
-            outcome since, or None when no pay may be outstanding.
+        open_intents: Pays handed to the gateway whose outcome was never recorded.
+        intent_at: When the last of those was handed over (Unix time).
+        doubt_at: When a pay last ended `ambiguous` or `pending` (it may have landed since).
     """
 
     terminal: str | None = None
-    last_write_at: float | None = None
+    open_intents: int = 0
+    intent_at: float | None = None
+    doubt_at: float | None = None
+
+    @property
+    def last_write_at(self) -> float | None:
+        """The last moment a pay may have been sent without a known outcome; None if never."""
+        moments = [self.doubt_at, self.intent_at if self.open_intents else None]
+        known = [moment for moment in moments if moment is not None]
+        return max(known) if known else None
 
 
 def _when(record: dict[str, Any]) -> float:
@@ -55,11 +65,13 @@ def fold(priors: dict[str, Prior], record: dict[str, Any]) -> None:
     if state in TERMINAL_STATES:
         prior.terminal = prior.terminal or state
     elif source == "intent" or state == INTENT_STATE:
-        prior.last_write_at = _when(record)
-    elif source == "pay" and state == "error":
-        prior.last_write_at = None  # the client proved that this pay charged nothing
-    elif source == "pay":  # ambiguous or pending: the pay may have landed
-        prior.last_write_at = _when(record)
+        prior.open_intents += 1
+        prior.intent_at = _when(record)
+    elif source == "pay":
+        prior.open_intents = max(prior.open_intents - 1, 0)
+        if state != "error":  # ambiguous or pending: the pay may have landed
+            prior.doubt_at = _when(record)
+        # error: the client proved that this pay charged nothing; an earlier doubt stays
 
 
 def read_journal(path: Path) -> dict[str, Prior]:
