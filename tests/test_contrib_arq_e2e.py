@@ -393,7 +393,7 @@ def test_enqueue_command_queues_rows_and_reports_malformed_lines(
         "malformed": 1,
         "queue": "cli:queue",
     }
-    assert "in.csv:3: missing user_id; skipped" in err
+    assert "in.csv:3: skipped a malformed row: missing user_id" in err
 
     async def queued() -> list[bytes]:
         client = Redis.from_url(redis_url)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import inspect
 import json
 import logging
@@ -67,7 +66,6 @@ from freedompay_async import (
     AmbiguousPaymentError,
     ConfigurationError,
     FreedomPayClient,
-    GatewayError,
     InvoicePayment,
     PayOutcome,
     PayRequest,
@@ -78,6 +76,8 @@ from freedompay_async.contrib.redis_guard import (
     record_claims,
     settle_by_status,
 )
+from freedompay_async.csvinput import BadRow, CsvInputError, PayCsv, open_pay_csv
+from freedompay_async.records import TERMINAL_STATES, jsonable, outcome_record
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -124,7 +124,6 @@ RUNTIME_KEY: Final = "freedompay_runtime"
 #: Seconds before a job whose Redis calls failed runs again.
 REDIS_RETRY_DELAY: Final = 5.0
 
-_TERMINAL: Final = frozenset({"paid", "failed", "expired"})
 _MAX_TRIES: Final = 10
 _OUTCOME_TTL: Final = 30 * 86400
 _CSV_CHUNK: Final = 1000
@@ -266,63 +265,22 @@ class PayWorkerConfig:
 # -- outcomes -------------------------------------------------------------------------------
 
 
-def _jsonable(value: object) -> object:
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
-def _mask_pan(pan: str | None) -> str | None:
-    """Keep a PAN the gateway already masked; mask one that arrives in full (6 + 4 shown)."""
-    if pan is None or not pan.isdigit() or len(pan) < 12:  # noqa: PLR2004 - shortest PAN
-        return pan
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
-
-
 def outcome_to_dict(outcome: PayOutcome, *, claim: str | None = None) -> dict[str, Any]:
     """
     Describe a `PayOutcome` as a JSON-ready dictionary, without the card token.
+
+    The shape is `freedompay_async.records.outcome_record`'s, the same as `pay-batch` writes.
 
     Args:
         outcome: The outcome.
         claim: How the guard decided (`fresh`, `reclaimed`, `landed`, ...), when known.
 
     Returns:
-        `customer`, `user_id`, `key`, `state`, the payment's fields (`invoice_status`,
-        `invoice_id`, `order_id`, `amount` as a string, `currency`, masked `card_pan`,
-        `error_code`, `error_description`), `error` (the exception's class) and `message`,
-        `attempts`, `elapsed`, `claim` and `finished_at` (Unix time).
+        The record (`records.RECORD_FIELDS`): the request, `state`, the payment's fields with a
+        masked `card_pan`, `error` (the exception's class), `message`, `error_code`,
+        `error_description`, `attempts`, `elapsed`, `claim` and `finished_at` (Unix time).
     """
-    request = outcome.request
-    payment = outcome.payment
-    error = outcome.error
-    error_code = payment.error_code if payment is not None else None
-    error_description = payment.error_description if payment is not None else None
-    if isinstance(error, GatewayError):
-        error_code = error.error_code
-        error_description = error.error_description
-    return {
-        "customer": request.customer,
-        "user_id": request.user_id,
-        "key": _jsonable(request.key),
-        "state": outcome.state,
-        "invoice_status": payment.invoice_status.value if payment is not None else None,
-        "invoice_id": payment.invoice_id if payment is not None else None,
-        "order_id": payment.order_id if payment is not None else None,
-        "amount": (
-            str(payment.amount) if payment is not None and payment.amount is not None else None
-        ),
-        "currency": payment.currency if payment is not None else None,
-        "card_pan": _mask_pan(payment.card_pan) if payment is not None else None,
-        "error_code": error_code,
-        "error_description": error_description,
-        "error": type(error).__name__ if error is not None else None,
-        "message": str(error) if error is not None else None,
-        "attempts": outcome.attempts,
-        "elapsed": round(outcome.elapsed, 3),
-        "claim": claim,
-        "finished_at": round(time.time(), 3),
-    }
+    return outcome_record(outcome, claim=claim)
 
 
 async def _resolve(value: Awaitable[_T] | _T) -> _T:
@@ -632,7 +590,7 @@ class PayRuntime:
         result: dict[str, Any] = {
             "customer": customer if isinstance(customer, str) else None,
             "user_id": user_id if isinstance(user_id, str) else None,
-            "key": _jsonable(key),
+            "key": jsonable(key),
             "state": "error",
             "error": type(error).__name__,
             "message": str(error),
@@ -888,7 +846,7 @@ async def enqueue_batch(
             todo = [
                 row
                 for row, outcome in zip(batch, stored, strict=True)
-                if outcome is None or outcome.get("state") not in _TERMINAL
+                if outcome is None or outcome.get("state") not in TERMINAL_STATES
             ]
             settled += len(batch) - len(todo)
         jobs = await asyncio.gather(
@@ -898,7 +856,7 @@ async def enqueue_batch(
                     row.customer,
                     row.user_id,
                     MaskedToken(row.card_token),
-                    _jsonable(row.key),
+                    jsonable(row.key),
                     _job_id=job_id_for(row.customer, prefix=job_prefix),
                     _queue_name=queue_name,
                 )
@@ -957,75 +915,42 @@ async def wait_for_outcomes(
 
 # -- the `enqueue` command ------------------------------------------------------------------
 
-_COLUMNS: Final = ("customer", "user_id", "card_token")
-
 
 class _CsvRows:
-    """Read `customer,user_id,card_token[,key]` rows lazily, reporting malformed lines."""
+    """The requests of a pay CSV (`freedompay_async.csvinput`), read in a thread, in chunks."""
 
-    def __init__(self, path: Path, *, keep_customers: bool) -> None:
-        self.path = path
+    def __init__(self, table: PayCsv, *, keep_customers: bool) -> None:
+        self.table = table
         self.malformed = 0
         self.customers: list[str] | None = [] if keep_customers else None
-        self._handle: Any = None
-        self._reader: Any = None
-        self._columns: dict[str, int] = {}
+        self._rows = iter(table)
 
-    def _open(self) -> None:
-        self._handle = self.path.open(newline="", encoding="utf-8")
-        self._reader = csv.reader(self._handle)
-        header = next(self._reader, None)
-        names = [name.strip().lower() for name in header or []]
-        if any(column not in names for column in _COLUMNS):
-            raise ConfigurationError(
-                f"{self.path}: the header must name the columns customer,user_id,card_token[,key]"
-            )
-        self._columns = {name: index for index, name in enumerate(names)}
-
-    def _read_chunk(self) -> list[tuple[int, list[str]]]:
-        if self._reader is None:
-            self._open()
-        lines: list[tuple[int, list[str]]] = []
-        for row in self._reader:
-            lines.append((self._reader.line_num, row))
-            if len(lines) >= _CSV_CHUNK:
+    def _read_chunk(self) -> list[PayRequest | BadRow]:
+        chunk: list[PayRequest | BadRow] = []
+        for row in self._rows:
+            chunk.append(row if isinstance(row, BadRow) else row.request())
+            if len(chunk) >= _CSV_CHUNK:
                 break
-        return lines
-
-    def _parse(self, line: int, row: list[str]) -> PayRequest | None:
-        if not any(cell.strip() for cell in row):
-            return None
-        values = {
-            name: row[index].strip() for name, index in self._columns.items() if index < len(row)
-        }
-        missing = [column for column in _COLUMNS if not values.get(column)]
-        if missing:
-            self.malformed += 1
-            sys.stderr.write(f"{self.path}:{line}: missing {', '.join(missing)}; skipped\n")
-            return None
-        request = PayRequest(
-            customer=values["customer"],
-            user_id=values["user_id"],
-            card_token=values["card_token"],
-            key=values.get("key") or None,
-        )
-        if self.customers is not None:
-            self.customers.append(request.customer)
-        return request
+        return chunk
 
     async def __aiter__(self) -> AsyncIterator[PayRequest]:
         try:
             for _ in range(1_000_000_000):  # bounded: a billion chunks
-                lines = await asyncio.to_thread(self._read_chunk)
-                if not lines:
+                chunk = await asyncio.to_thread(self._read_chunk)
+                if not chunk:
                     break
-                for line, row in lines:
-                    request = self._parse(line, row)
-                    if request is not None:
-                        yield request
+                for row in chunk:
+                    if isinstance(row, BadRow):
+                        self.malformed += 1
+                        sys.stderr.write(
+                            f"{self.table.path}:{row.line}: skipped a malformed row: {row.reason}\n"
+                        )
+                        continue
+                    if self.customers is not None:
+                        self.customers.append(row.customer)
+                    yield row
         finally:
-            if self._handle is not None:
-                await asyncio.to_thread(self._handle.close)
+            await asyncio.to_thread(self.table.close)
 
 
 def add_enqueue_command(
@@ -1052,6 +977,16 @@ def add_enqueue_command(
         ),
     )
     parser.add_argument("input", type=Path, help="the CSV file")
+    parser.add_argument(
+        "--encoding",
+        default="utf-8-sig",
+        help="the CSV's encoding, e.g. cp1251 (default: %(default)s; a BOM is dropped)",
+    )
+    parser.add_argument(
+        "--delimiter",
+        default=None,
+        help="the CSV's field delimiter (default: sniffed from the header: , ; tab |)",
+    )
     parser.add_argument(
         "--redis",
         default=_redis_url(os.environ),
@@ -1119,6 +1054,30 @@ async def run_enqueue(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:
         sys.stderr.write(f"--redis: {exc}\n")
         return 2
+    try:
+        table = await asyncio.to_thread(
+            open_pay_csv,
+            args.input,
+            encoding=getattr(args, "encoding", "utf-8-sig"),
+            delimiter=getattr(args, "delimiter", None),
+        )
+    except (CsvInputError, ConfigurationError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    try:
+        return await _enqueue_table(args, settings, table)
+    except (RedisError, OSError) as exc:
+        sys.stderr.write(
+            f"enqueue: cannot use Redis at {settings.host}:{settings.port} "
+            f"({type(exc).__name__}: {exc}); start it or pass --redis URL. Rows already "
+            "queued stay queued; running enqueue again queues each customer at most once\n"
+        )
+        return 2
+    finally:
+        await asyncio.to_thread(table.close)
+
+
+async def _enqueue_table(args: argparse.Namespace, settings: RedisSettings, table: PayCsv) -> int:
     redis = await create_pool(settings, default_queue_name=args.queue)
     try:
         results = (
@@ -1126,12 +1085,8 @@ async def run_enqueue(args: argparse.Namespace) -> int:
             if args.merchant_id
             else None
         )
-        rows = _CsvRows(args.input, keep_customers=args.wait)
-        try:
-            report = await enqueue_batch(redis, rows, queue_name=args.queue, results=results)
-        except ConfigurationError as exc:
-            sys.stderr.write(f"{exc}\n")
-            return 2
+        rows = _CsvRows(table, keep_customers=args.wait)
+        report = await enqueue_batch(redis, rows, queue_name=args.queue, results=results)
         _print({**report.to_dict(), "malformed": rows.malformed, "queue": args.queue})
         if not args.wait or results is None or rows.customers is None:
             return 1 if rows.malformed else 0

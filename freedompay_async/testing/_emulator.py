@@ -295,6 +295,7 @@ class FreedomPayEmulator:
     The admin API (JSON, no signature, not counted in `stats`) offers the same controls to
     another process:
 
+    - `GET /_emulator/` → the list of these routes.
     - `POST /_emulator/invoices` `{"count": 3, "fate": {"kind": "declined", "error_code": 5},
       "amount": "100", "currency": "KZT"}` (or `"order_id"` with count 1) →
       `{"customers": [...]}`.
@@ -402,6 +403,7 @@ class FreedomPayEmulator:
         self._closing = asyncio.Event()
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post(_API_PATH, self._api)
+        app.router.add_get("/_emulator/", self._admin_index)
         app.router.add_post("/_emulator/invoices", self._admin_invoices)
         app.router.add_get("/_emulator/invoices/{customer}", self._admin_invoice)
         app.router.add_post("/_emulator/cards", self._admin_cards)
@@ -994,6 +996,17 @@ class FreedomPayEmulator:
     def _fate_or_none(data: Mapping[str, Any]) -> Fate | None:
         raw = data.get("fate")
         return None if raw is None else Fate.from_dict(raw)
+
+    async def _admin_index(self, request: web.Request) -> web.StreamResponse:
+        routes = [
+            f"{route.method} {route.resource.canonical}"
+            for route in request.app.router.routes()
+            if route.resource is not None
+            and route.resource.canonical.startswith("/_emulator/")
+            and route.method != "HEAD"
+            and route.resource.canonical != "/_emulator/"
+        ]
+        return _json_response({"base_url": self.base_url, "routes": routes})
 
     async def _admin_invoices(self, request: web.Request) -> web.StreamResponse:
         data = await self._admin_json(request)
