@@ -31,6 +31,7 @@ __all__ = [
     "InvoicePayment",
     "InvoiceStatus",
     "OutcomeState",
+    "PayClaim",
     "PayOutcome",
     "PayRequest",
 ]
@@ -293,3 +294,27 @@ def parse_amount(value: object) -> Decimal:
     if isinstance(exponent, int) and exponent < -2:  # noqa: PLR2004 - cents are the smallest unit
         raise ConfigurationError(f"amount must have at most two decimals, got {amount}")
     return amount
+
+
+@attrs.frozen(kw_only=True)
+class PayClaim:
+    """
+    A duplicate guard's answer to `claim(customer)`.
+
+    Attributes:
+        granted: Whether the caller may send the pay now (and must `finish` it after).
+        reason: Why the pay was refused, or None when granted.
+        prior_state: The state recorded for the customer before this claim (`paid`, `pending`,
+            `ambiguous`, ...), or None for a customer never claimed.
+        kind: A short tag for the decision (`fresh`, `busy`, `settled`, ...), for guards that
+            tell more than granted/refused.
+    """
+
+    granted: bool
+    reason: str | None = None
+    prior_state: str | None = None
+    kind: str | None = None
+
+
+#: The granted claim of a customer never seen before.
+CLAIM_GRANTED = PayClaim(granted=True, kind="fresh")

@@ -14,7 +14,7 @@ Rules, in the order they are applied:
 2. `PERMANENT` (any other gateway error, other HTTP 4xx, a bad signature) and `LOCAL` (the
    client's breaker refused) are raised at once: sending again cannot change them.
 3. **A pay is never resent after it may have been written.** `AMBIGUOUS` (read timeout, connection
-   lost, HTTP 500/502/504, a reply that is not XML) and `TRANSIENT` (error 1000) on pay lead to
+   lost, HTTP 500/502/504, any other 5xx, 1xx or 3xx, a reply that is not XML) and `TRANSIENT` (error 1000) on pay lead to
    reconcile: wait `reconcile_grace`, then ask the invoice's status by `customer`. The same
    outcomes on init, status and info are resent: they cannot charge anyone.
 4. `NOT_SENT` (connect error or timeout, no gate slot) and `REFUSED` (HTTP 429, 503) are resent for
@@ -40,6 +40,7 @@ import attrs
 
 from freedompay_async._exceptions import (
     CircuitOpenError,
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ConnectionLost,
@@ -141,6 +142,7 @@ class RetryEvent:
 # Exception class -> outcome, most specific first (the first isinstance match wins).
 _EXCEPTION_OUTCOMES: tuple[tuple[type[FreedomPayError], Outcome], ...] = (
     (CircuitOpenError, Outcome.LOCAL),
+    (ClientClosedError, Outcome.LOCAL),
     (ConfigurationError, Outcome.LOCAL),
     (_PoolTimeout, Outcome.NOT_SENT),
     (_ConnectTimeout, Outcome.NOT_SENT),
@@ -199,8 +201,9 @@ def classify(result: object, *, moves_money: bool) -> Outcome:
         listed = HTTP_STATUS_OUTCOMES.get(code)
         if listed is not None:
             return listed
-        # An unlisted 5xx may come after the gateway acted: the unsafe side, like the unknown.
-        return Outcome.AMBIGUOUS if code >= 500 else Outcome.PERMANENT  # noqa: PLR2004
+        # An unlisted 5xx, 1xx or 3xx may come after the gateway acted: the unsafe side, like
+        # the unknown. Only another 4xx (the gateway refused at the HTTP layer) is permanent.
+        return Outcome.PERMANENT if 400 <= code < 500 else Outcome.AMBIGUOUS  # noqa: PLR2004
     if isinstance(result, FreedomPayError):
         for cls, outcome in _EXCEPTION_OUTCOMES:
             if isinstance(result, cls):

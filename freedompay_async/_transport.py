@@ -26,6 +26,7 @@ import aiohttp
 from yarl import URL
 
 from freedompay_async._exceptions import (
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ConnectionLost,
@@ -257,6 +258,13 @@ class Transport:
                 f"{operation}: no connection slot free within the pool timeout; not sent",
                 operation=operation,
             ) from exc
+        if session.closed:
+            # Closed while this request waited for a slot: it was never written.
+            gate.release()
+            raise ClientClosedError(
+                f"{operation}: the client was closed before this request was sent; not sent",
+                operation=operation,
+            )
         try:
             async with session.post(
                 self._urls[request.operation],

@@ -12,6 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "freedompay_async"
 # module -> internal modules it may import (names relative to the package).
 ALLOWED: dict[str, set[str]] = {
     "__init__": {"_client", "_config", "_exceptions", "_models", "_retry", "_batch"},
+    "_call": {"_config", "_exceptions", "_models", "_protocol", "_retry", "settlement"},
+    "_guard": {"_exceptions", "_models"},
     "_exceptions": {"_models"},  # type-checking only (PaymentPending.payment)
     "_models": {"_exceptions"},
     "_config": {"_exceptions"},
@@ -25,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "_batch": {"_models", "_exceptions"},
     "_client": {
         "_batch",
+        "_call",
+        "_guard",
         "_config",
         "_decode",
         "_exceptions",
@@ -47,6 +51,7 @@ PURE = {
     "_protocol",
     "_decode",
     "_retry",
+    "_call",
 }
 FORBIDDEN_IN_PURE = {"asyncio", "aiohttp", "time", "random"}
 

@@ -13,7 +13,9 @@ import pytest
 from freedompay_async import (
     AmbiguousPaymentError,
     CircuitOpenError,
+    ClientClosedError,
     ConfigurationError,
+    DuplicatePayError,
     ConnectError,
     ConnectionLost,
     ConnectTimeout,
@@ -124,6 +126,7 @@ CONTRACT_ROWS = [
     Row("signature", lambda: SignatureError("bad sig"), Outcome.PERMANENT, R, R),
     # the client refused locally: raise, nothing sent
     Row("circuit-open", lambda: CircuitOpenError("open"), Outcome.LOCAL, R, R),
+    Row("client-closed", lambda: ClientClosedError("closed"), Outcome.LOCAL, R, R),
     Row("configuration", lambda: ConfigurationError("bad"), Outcome.LOCAL, R, R),
     # status=ok: pay waiting -> poll; everything terminal -> return
     Row("ok-process", lambda: _payment(InvoiceStatus.PROCESS), Outcome.PENDING, P, None),
@@ -199,6 +202,7 @@ def _subclasses(cls: type) -> set[type]:
 #: Classes that never come out of one attempt (call-level ends and abstract bases).
 NOT_ATTEMPT_RESULTS = {
     AmbiguousPaymentError,
+    DuplicatePayError,
     PaymentPending,
     ResponseError,
     TransportError,
