@@ -22,7 +22,7 @@ Rules, in the order they apply:
 2. Resends follow `_retry.decide` (attempts, budget, backoff, `Retry-After`, the deadline). A pay
    is resent only after a proof of not-sent, or once after `settle()` says its status proves it
    never landed (`RetryPolicy.resend_pay_if_new`).
-3. A pay whose outcome is unknown is reconciled: sleep `reconcile_grace` (jittered up to ×1.25),
+3. A pay whose outcome is unknown is reconciled: sleep `reconcile_grace` (jittered up to x1.25),
    then ask its status by `customer` until one read answers, with full-jitter backoff between
    failed reads, until the deadline. `RECONCILE_OUTCOMES` says what each `settle()` verdict does.
 4. One deadline per call. A pay's own attempts stop `reserve` seconds early (`RECONCILE_RESERVE`,
@@ -61,6 +61,7 @@ from freedompay_async._retry import (
 from freedompay_async.settlement import SettlePolicy, Verdict, settle
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from random import Random
 
     from freedompay_async._config import PollPolicy, RetryPolicy
@@ -220,7 +221,7 @@ class Call:
         policy: RetryPolicy,
         now: float,
         rng: Random,
-        context: dict[str, str],
+        context: Mapping[str, str],
         wait: bool = True,
         poll: PollPolicy | None = None,
         budget: RetryBudget | None = None,
@@ -418,7 +419,12 @@ class Call:
                 self._start_polling(result, now)  # type: ignore[arg-type]
             else:
                 self._done(result)
-            return
+        else:
+            self._record_send_error(result, outcome, now, wall)
+
+    def _record_send_error(
+        self, result: FreedomPayError, outcome: Outcome, now: float, wall: float
+    ) -> None:
         if self.moves_money:
             if _proves_not_applied(result, outcome):
                 self.in_doubt = self._doubt_before

@@ -54,7 +54,7 @@ from freedompay_async._retry import CircuitBreaker, RetryBudget, RetryEvent
 from freedompay_async._transport import Transport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+    from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
     from decimal import Decimal
 
     import aiohttp
@@ -262,6 +262,7 @@ class FreedomPayClient:
     # -- the driver: the only code that awaits a call's steps ------------------------------
 
     def _emit(self, call: Call) -> None:
+        """Log the call's notes and hand resends, reconciles and give-ups to the hooks."""
         notes, call.notes = call.notes or [], None
         context = _fmt_context(call.context)
         for action, outcome, delay, cause in notes:
@@ -356,7 +357,7 @@ class FreedomPayClient:
                 elif act is Act.DONE:
                     return call.result
                 else:
-                    raise call.error  # type: ignore[misc]
+                    break
         except BaseException as exc:
             if call.abandon(clock.monotonic()):
                 logger.warning(
@@ -367,6 +368,8 @@ class FreedomPayClient:
                     _fmt_context(call.context),
                 )
             raise
+        assert call.error is not None  # noqa: S101 - FAIL always carries its error
+        raise call.error
 
     def _status_exchange(
         self, customer: str
@@ -773,7 +776,7 @@ def _check_text(name: str, value: object, *, max_len: int) -> None:
         raise ConfigurationError(f"{name} must be at most {max_len} characters")
 
 
-def _fmt_context(context: dict[str, str]) -> str:
+def _fmt_context(context: Mapping[str, str]) -> str:
     return " ".join(f"{key}={value}" for key, value in context.items())
 
 

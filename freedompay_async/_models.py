@@ -308,12 +308,15 @@ class PayClaim:
             `ambiguous`, ...), or None for a customer never claimed.
         kind: A short tag for the decision (`fresh`, `busy`, `settled`, ...), for guards that
             tell more than granted/refused.
+        payment: The status read that settled an earlier pay of the customer during this
+            claim, if the guard read one.
     """
 
     granted: bool
     reason: str | None = None
     prior_state: str | None = None
     kind: str | None = None
+    payment: InvoicePayment | None = None
 
 
 #: The granted claim of a customer never seen before.

@@ -14,9 +14,10 @@ Rules, in the order they are applied:
 2. `PERMANENT` (any other gateway error, other HTTP 4xx, a bad signature) and `LOCAL` (the
    client's breaker refused) are raised at once: sending again cannot change them.
 3. **A pay is never resent after it may have been written.** `AMBIGUOUS` (read timeout, connection
-   lost, HTTP 500/502/504, any other 5xx, 1xx or 3xx, a reply that is not XML) and `TRANSIENT` (error 1000) on pay lead to
-   reconcile: wait `reconcile_grace`, then ask the invoice's status by `customer`. The same
-   outcomes on init, status and info are resent: they cannot charge anyone.
+   lost, HTTP 500/502/504, any other 5xx, 1xx or 3xx, a reply that is not XML) and `TRANSIENT`
+   (error 1000) on pay lead to reconcile (`_call`): wait `reconcile_grace`, then ask the
+   invoice's status by `customer`. The same outcomes on init, status and info are resent: they
+   cannot charge anyone.
 4. `NOT_SENT` (connect error or timeout, no gate slot) and `REFUSED` (HTTP 429, 503) are resent for
    every operation: the gateway never acted on the request.
 5. A resend waits `backoff(n)` (full jitter), raised to a capped `Retry-After` hint. The call gives

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import logging
 import random
@@ -14,11 +13,11 @@ from typing import Any
 import pytest
 
 from freedompay_async import (
-    DuplicatePayError,
     AmbiguousPaymentError,
     CircuitOpenError,
     ConfigurationError,
     ConnectError,
+    DuplicatePayError,
     FreedomPayClient,
     GatewayError,
     HTTPStatusError,

@@ -54,7 +54,6 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
@@ -66,16 +65,16 @@ from redis.exceptions import RedisError
 from freedompay_async import (
     AmbiguousPaymentError,
     ConfigurationError,
+    DuplicatePayError,
     FreedomPayClient,
     GatewayError,
-    InvoicePayment,
+    PayClaim,
     PayOutcome,
     PayRequest,
 )
 from freedompay_async.contrib.redis_guard import (
     RedisPayGuard,
     RedisRateLimiter,
-    record_claims,
     settle_by_status,
 )
 
@@ -134,9 +133,28 @@ _ENV_SECRET_KEY: Final = "FREEDOMPAY_SECRET_KEY"  # noqa: S105 - an environment 
 
 _T = TypeVar("_T")
 
-_STATUS_SINK: ContextVar[dict[str, InvoicePayment] | None] = ContextVar(
-    "freedompay_status_sink", default=None
-)
+
+class _GrantLog:
+    """
+    The runtime's guard as the client sees it: the Redis guard, remembering granted claims.
+
+    A refused claim reaches the job in `DuplicatePayError.claim`; a granted one (`fresh` or
+    `reclaimed`) is kept here, by customer, until the job that holds it takes it back. Only one
+    job holds a customer's claim at a time, so the entry is never shared.
+    """
+
+    def __init__(self, guard: RedisPayGuard) -> None:
+        self.guard = guard
+        self.granted: dict[str, PayClaim] = {}
+
+    async def claim(self, customer: str) -> PayClaim:
+        claim = await self.guard.claim(customer)
+        if claim.granted:
+            self.granted[customer] = claim
+        return claim
+
+    async def finish(self, customer: str, *, state: str) -> None:
+        await self.guard.finish(customer, state=state)
 
 
 class MaskedToken(str):
@@ -492,6 +510,7 @@ class PayRuntime:
     ) -> None:
         self.client = client
         self.guard = guard
+        self.grants: _GrantLog | None = None
         self.results = results
         self.rate_limiter = rate_limiter
         self.busy_retry = busy_retry
@@ -524,23 +543,26 @@ class PayRuntime:
                 namespace=config.namespace,
             )
         options: dict[str, Any] = {"max_concurrency": config.max_jobs, **config.client_options}
+        grants = _GrantLog(guard)
         client = FreedomPayClient(
             config.merchant_id,
             config.secret_key,
             base_url=config.base_url,
-            guard=guard,
+            guard=grants,
             rate_limiter=limiter,
             **options,
         )
-        guard.set_settle_hook(settle_by_status(client, on_payment=_remember_status))
+        guard.set_settle_hook(settle_by_status(client))
         results = OutcomeStore(redis, config.merchant_id, namespace=config.namespace)
-        return cls(
+        runtime = cls(
             client=client,
             guard=guard,
             results=results,
             rate_limiter=limiter,
             busy_retry=config.claim_ttl,
         )
+        runtime.grants = grants
+        return runtime
 
     async def aclose(self) -> None:
         """Close the client and stop the guard's heartbeats."""
@@ -573,21 +595,17 @@ class PayRuntime:
             )
         except ConfigurationError as exc:
             return await self._invalid(customer, user_id, key, exc)
-        statuses: dict[str, InvoicePayment] = {}
-        token = _STATUS_SINK.set(statuses)
-        try:
-            with record_claims() as claims:
-                outcome = await self.client.pay_one(request)
-        finally:
-            _STATUS_SINK.reset(token)
-        claim = next((c for c in reversed(claims) if c.customer == customer), None)
-        if claim is None:  # refused before any claim (an invalid argument): nothing was sent
+        outcome = await self.client.pay_one(request)
+        granted = self.grants.granted.pop(customer, None) if self.grants is not None else None
+        if isinstance(outcome.error, DuplicatePayError) and outcome.error.claim is not None:
+            claim: PayClaim = outcome.error.claim
+        elif granted is not None or not isinstance(outcome.error, ConfigurationError):
+            result = outcome_to_dict(outcome, claim=granted.kind if granted else "fresh")
+            await self.results.save(result)
+            return result
+        else:  # refused before any claim (an invalid argument): nothing was sent
             result = outcome_to_dict(outcome)
             await self.results.save(result, replace=False)
-            return result
-        if claim.granted:
-            result = outcome_to_dict(outcome, claim=claim.kind)
-            await self.results.save(result)
             return result
         elapsed = time.monotonic() - start
         if claim.kind == "busy":
@@ -597,20 +615,20 @@ class PayRuntime:
             if stored is None:
                 stored = {
                     **outcome_to_dict(outcome, claim="settled"),
-                    "state": claim.state,
+                    "state": claim.prior_state,
                     "error": None,
                     "message": claim.reason,
                 }
                 await self.results.save(stored, replace=False)
             return {**stored, "duplicate": True}
-        payment = statuses.get(customer)
+        payment = claim.payment
         if claim.kind == "landed" and payment is not None:
             settled = PayOutcome(request=request, payment=payment, attempts=1, elapsed=elapsed)
             result = outcome_to_dict(settled, claim="landed")
         elif claim.kind == "landed":  # settled by a hook other than this runtime's
             result = {
                 **outcome_to_dict(outcome, claim="landed"),
-                "state": claim.state,
+                "state": claim.prior_state,
                 "error": None,
                 "message": claim.reason,
             }
@@ -643,12 +661,6 @@ class PayRuntime:
         if isinstance(customer, str) and customer:
             await self.results.save(result, replace=False)  # never hides a real outcome
         return result
-
-
-def _remember_status(customer: str, payment: InvoicePayment) -> None:
-    sink = _STATUS_SINK.get()
-    if sink is not None:
-        sink[customer] = payment
 
 
 async def startup(ctx: dict[Any, Any]) -> None:
