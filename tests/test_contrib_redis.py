@@ -30,6 +30,7 @@ from freedompay_async.contrib.redis_guard import (
     state_of_status,
 )
 from freedompay_async.settlement import SettlePolicy
+from freedompay_async.testing import FreedomPayEmulator
 
 #: A status-read window of 0 s: a status of new proves at once that an earlier pay never landed
 #: (the opt-in; by default new proves nothing).
@@ -38,7 +39,6 @@ NEW_IS_PROOF = SettlePolicy(new_proves_not_landed_after=0.0)
 
 def _status(status: InvoiceStatus) -> InvoicePayment:
     return InvoicePayment(invoice_status=status)
-from freedompay_async.testing import FreedomPayEmulator
 
 
 @pytest.fixture(scope="module")
