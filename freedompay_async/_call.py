@@ -45,6 +45,7 @@ from freedompay_async._exceptions import (
     GatewayError,
     HTTPStatusError,
     PaymentPending,
+    PoolTimeout,
     RequestTimeout,
 )
 from freedompay_async._models import InvoicePayment, payment_state
@@ -282,6 +283,18 @@ class Call:
                     operation=self.operation.value,
                 )
                 self._fail(error, Outcome.LOCAL)
+                return self.next_act
+            if now >= self._send_deadline:
+                # The deadline passed before this attempt could start (a busy loop, a slow guard
+                # or sleep): it is never sent.
+                self._fail(
+                    PoolTimeout(
+                        f"{self.operation.value}: the call's deadline passed before this attempt "
+                        "was sent; not sent",
+                        operation=self.operation.value,
+                    ),
+                    Outcome.NOT_SENT,
+                )
                 return self.next_act
             self.attempts += 1
             self._in_flight = True

@@ -32,7 +32,7 @@ def xml(invoice_status: str = "process", *, status: str = "ok", code: int = 200)
 def raw_status(code: int, *extra: str) -> bytes:
     """Build a bodiless HTTP/1.1 reply with the given status code and header lines."""
     lines = [f"HTTP/1.1 {code} X", *extra]
-    if not any(line.lower().startswith("content-length") for line in extra) and code >= 200:  # noqa: PLR2004
+    if not any(line.lower().startswith("content-length") for line in extra) and code >= 200:
         lines.append("Content-Length: 0")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 

@@ -86,7 +86,7 @@ async def test_a_storm_of_cancelled_pays_charges_no_customer_twice(
 
     def status(customer: str) -> bytes:
         reads[customer] = reads.get(customer, 0) + 1
-        return xml("ok" if reads[customer] > 3 else "process")  # noqa: PLR2004
+        return xml("ok" if reads[customer] > 3 else "process")
 
     rng = random.Random(11)
     customers = [f"storm-{n}" for n in range(1000)]
@@ -155,8 +155,8 @@ async def test_memory_error_reading_a_pay_reply_keeps_the_customer_in_doubt(
 @pytest.mark.parametrize("code", [101, 301, 302, 307, 308])
 async def test_a_1xx_or_3xx_reply_to_a_pay_is_ambiguous_never_paid_again(code: int) -> None:
     """A pay answered 1xx/3xx may have charged: it is reconciled, and never sent twice."""
-    extra = ["Upgrade: websocket", "Connection: Upgrade"] if code == 101 else []  # noqa: PLR2004
-    if code >= 300:  # noqa: PLR2004
+    extra = ["Upgrade: websocket", "Connection: Upgrade"] if code == 101 else []
+    if code >= 300:
         extra = ["Location: http://127.0.0.1:9/elsewhere"]
     async with (
         RawGateway(
