@@ -1,4 +1,4 @@
-"""A hostile gateway on a raw asyncio socket: it charges every pay it receives, whatever it answers."""
+"""A hostile gateway on a raw asyncio socket: it charges every pay it receives, whatever next."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ class CallMachine(RuleBasedStateMachine):
         shared=st.booleans(),
         seed=st.integers(0, 2**16),
     )
-    def start(
+    def start(  # noqa: PLR0917 - hypothesis passes every drawn value by keyword
         self,
         attempts: int,
         deadline: float,

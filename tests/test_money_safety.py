@@ -1,4 +1,4 @@
-"""No path pays an invoice twice: cancellation, unreadable replies, 1xx/3xx and aclose(), on loopback.
+"""No path pays an invoice twice: cancellation, unreadable replies, 1xx/3xx, aclose(); loopback.
 
 Every server here is a raw asyncio gateway (`rawgate.RawGateway`) that charges every pay it
 receives, so a second pay of a customer is a second charge, counted at the server.
@@ -80,7 +80,7 @@ async def test_a_pay_cancelled_while_polling_is_never_paid_again(
 async def test_a_storm_of_cancelled_pays_charges_no_customer_twice(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """1,000 pays, half cancelled at random moments, each cancelled one retried: no double charge."""
+    """1,000 pays, half cancelled at random moments, each one retried: no customer charged twice."""
     caplog.set_level(logging.WARNING, logger="freedompay_async")
     reads: dict[str, int] = {}
 
