@@ -32,6 +32,7 @@ from freedompay_async._config import (
     _Credentials,
     _WireOptions,
 )
+from freedompay_async._events import emit, fmt_context
 from freedompay_async._exceptions import (
     ClientClosedError,
     ConfigurationError,
@@ -50,16 +51,17 @@ from freedompay_async._models import (
     parse_amount,
 )
 from freedompay_async._protocol import Field, Operation, OutgoingRequest, RawResponse, build_request
-from freedompay_async._retry import CircuitBreaker, RetryBudget, RetryEvent
+from freedompay_async._retry import CircuitBreaker, RetryBudget
 from freedompay_async._transport import Transport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
+    from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
     from decimal import Decimal
 
     import aiohttp
 
     from freedompay_async._models import BatchProgress
+    from freedompay_async._retry import RetryEvent
 
 __all__ = ["DEFAULT_BASE_URL", "FreedomPayClient", "InMemoryPayGuard", "PayGuard", "RateLimiter"]
 
@@ -261,49 +263,6 @@ class FreedomPayClient:
 
     # -- the driver: the only code that awaits a call's steps ------------------------------
 
-    def _emit(self, call: Call) -> None:
-        """Log the call's notes and hand resends, reconciles and give-ups to the hooks."""
-        notes, call.notes = call.notes or [], None
-        context = _fmt_context(call.context)
-        for action, outcome, delay, cause in notes:
-            if action == "poll_miss":
-                logger.warning("poll read failed (%s) %s", type(cause).__name__, context)
-                continue
-            if action == "resend_if_new":
-                logger.warning(
-                    "pay status reads new after an ambiguous attempt; resending once as "
-                    "RetryPolicy.resend_pay_if_new allows %s",
-                    context,
-                )
-                continue
-            hook = self._on_giveup if action == "giveup" else self._on_retry
-            log = logger.warning if action in ("giveup", "reconcile") else logger.info
-            log(
-                "%s %s after attempt %d (%s, %s); delay %.3fs %s",
-                call.operation.value,
-                action,
-                call.attempts,
-                outcome.value,
-                type(cause).__name__,
-                delay,
-                context,
-            )
-            if hook is None:
-                continue
-            event = RetryEvent(
-                operation=call.operation.value,
-                attempt=call.attempts,
-                delay=delay,
-                outcome=outcome.value,
-                action=action,
-                cause=cause,
-                context=dict(call.context),
-            )
-            try:
-                hook(event)
-            except Exception:
-                logger.exception("the %s hook raised; the call goes on", action)
-
     async def _drive(
         self, call: Call, request: OutgoingRequest, decode: Callable[[RawResponse], object]
     ) -> object:
@@ -316,7 +275,7 @@ class FreedomPayClient:
         try:
             while True:
                 if call.notes:
-                    self._emit(call)
+                    emit(call, on_retry=self._on_retry, on_giveup=self._on_giveup)
                 act = call.next_step(clock.monotonic())
                 if act is Act.SEND or act is Act.ASK_STATUS:
                     if debug:
@@ -324,7 +283,7 @@ class FreedomPayClient:
                             "%s attempt %d %s",
                             call.operation.value,
                             call.attempts,
-                            _fmt_context(call.context),
+                            fmt_context(call.context),
                         )
                     exchange = (request, decode)
                     if act is Act.ASK_STATUS:
@@ -365,7 +324,7 @@ class FreedomPayClient:
                     "cancelled"
                     if isinstance(exc, asyncio.CancelledError)
                     else f"interrupted by {type(exc).__name__}",
-                    _fmt_context(call.context),
+                    fmt_context(call.context),
                 )
             raise
         assert call.error is not None  # noqa: S101 - FAIL always carries its error
@@ -693,6 +652,8 @@ class FreedomPayClient:
         """
         start = self._clock.monotonic()
         call = self._pay_call(request.customer, wait=wait, retry=None, poll=None)
+        payment: InvoicePayment | None = None
+        error: FreedomPayError | None = None
         try:
             payment = await self._pay(
                 call,
@@ -700,24 +661,14 @@ class FreedomPayClient:
                 user_id=request.user_id,
                 card_token=request.card_token,
             )
-        except PaymentPending as exc:
-            return PayOutcome(
-                request=request,
-                payment=exc.payment,
-                error=exc,
-                attempts=call.attempts,
-                elapsed=self._clock.monotonic() - start,
-            )
         except FreedomPayError as exc:
-            return PayOutcome(
-                request=request,
-                error=exc,
-                attempts=call.attempts,
-                elapsed=self._clock.monotonic() - start,
-            )
+            error = exc
+            if isinstance(exc, PaymentPending):
+                payment = exc.payment
         return PayOutcome(
             request=request,
             payment=payment,
+            error=error,
             attempts=call.attempts,
             elapsed=self._clock.monotonic() - start,
         )
@@ -774,10 +725,6 @@ def _check_text(name: str, value: object, *, max_len: int) -> None:
         raise ConfigurationError(f"{name} must be a non-empty string")
     if len(value) > max_len:
         raise ConfigurationError(f"{name} must be at most {max_len} characters")
-
-
-def _fmt_context(context: Mapping[str, str]) -> str:
-    return " ".join(f"{key}={value}" for key, value in context.items())
 
 
 def _closed(operation: str) -> ClientClosedError:

@@ -14,6 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": {"_client", "_config", "_exceptions", "_models", "_retry", "_batch"},
     "_call": {"_config", "_exceptions", "_models", "_protocol", "_retry", "settlement"},
     "_guard": {"_exceptions", "_models"},
+    "_events": {"_call", "_retry"},
     "_exceptions": {"_models"},  # type-checking only (PaymentPending.payment)
     "_models": {"_exceptions"},
     "_config": {"_exceptions"},
@@ -28,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "_client": {
         "_batch",
         "_call",
+        "_events",
         "_guard",
         "_config",
         "_decode",
