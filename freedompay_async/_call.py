@@ -276,43 +276,63 @@ class Call:
         """
         act = self.next_act
         if act is Act.SEND:
-            if self.breaker is not None and not self.breaker.allow(now):
-                error = CircuitOpenError(
-                    f"{self.operation.value}: circuit breaker open after repeated failures; "
-                    "not sent",
-                    operation=self.operation.value,
-                )
-                self._fail(error, Outcome.LOCAL)
-                return self.next_act
-            if now >= self._send_deadline:
-                # The deadline passed before this attempt could start (a busy loop, a slow guard
-                # or sleep): it is never sent.
-                self._fail(
-                    PoolTimeout(
-                        f"{self.operation.value}: the call's deadline passed before this attempt "
-                        "was sent; not sent",
-                        operation=self.operation.value,
-                    ),
-                    Outcome.NOT_SENT,
-                )
-                return self.next_act
-            self.attempts += 1
-            self._in_flight = True
-            if self.moves_money:
-                self._doubt_before = self.in_doubt
-                self.in_doubt = True
-            self.remaining = self._send_deadline - now
+            self._start_send(now)
         elif act is Act.ASK_STATUS:
-            self.attempts += 1
-            self._in_flight = True
+            self._start_read(now)
+        elif act is Act.SLEEP:
+            # Time may have passed since the sleep was planned: it never ends past its bound.
             if self.phase is Phase.POLLING:
-                self.remaining = min(self.policy.deadline, max(self._poll_end - now, READ_SLACK))
-            elif self._first_read:
-                self._first_read = False
-                self.remaining = max(self.deadline - now, READ_SLACK)
+                bound = self._poll_end
+            elif self.phase is Phase.SENDING:
+                bound = self._send_deadline
             else:
-                self.remaining = self.deadline - now
-        return act
+                bound = self.deadline
+            self.delay = max(min(self.delay, bound - now), 0.0)
+        return self.next_act
+
+    def _start_send(self, now: float) -> None:
+        if self.breaker is not None and not self.breaker.allow(now):
+            error = CircuitOpenError(
+                f"{self.operation.value}: circuit breaker open after repeated failures; not sent",
+                operation=self.operation.value,
+            )
+            self._fail(error, Outcome.LOCAL)
+            return
+        if now >= self._send_deadline:
+            # The deadline passed before this attempt could start (a busy loop, a slow guard or
+            # sleep): it is never sent.
+            self._fail(
+                PoolTimeout(
+                    f"{self.operation.value}: the call's deadline passed before this attempt "
+                    "was sent; not sent",
+                    operation=self.operation.value,
+                ),
+                Outcome.NOT_SENT,
+            )
+            return
+        self.attempts += 1
+        self._in_flight = True
+        if self.moves_money:
+            self._doubt_before = self.in_doubt
+            self.in_doubt = True
+        self.remaining = self._send_deadline - now
+
+    def _start_read(self, now: float) -> None:
+        if self.phase is Phase.POLLING:
+            if now > self._poll_end:
+                self._poll_give_up()
+                return
+            self.remaining = min(self.policy.deadline, max(self._poll_end - now, READ_SLACK))
+        elif self._first_read:
+            self._first_read = False
+            self.remaining = max(self.deadline - now, READ_SLACK)
+        elif now >= self.deadline:
+            self._end_ambiguous("its status could not be read in time", self._cause)
+            return
+        else:
+            self.remaining = self.deadline - now
+        self.attempts += 1
+        self._in_flight = True
 
     def record(self, result: object, *, now: float, wall: float = 0.0) -> None:
         """
@@ -493,7 +513,12 @@ class Call:
         self._polls += 1
         if now + delay <= self._poll_end:
             self._sleep(delay, Act.ASK_STATUS)
-            return
+        else:
+            self._poll_give_up()
+
+    def _poll_give_up(self) -> None:
+        poll = self.poll
+        assert poll is not None  # noqa: S101 - polling starts only with a poll policy
         last = self._last
         customer = self.context.get("customer")
         status = last.invoice_status.value if last is not None else "pending"

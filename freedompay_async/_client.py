@@ -285,16 +285,16 @@ class FreedomPayClient:
                             call.attempts,
                             fmt_context(call.context),
                         )
-                    exchange = (request, decode)
+                    out, read = request, decode
                     if act is Act.ASK_STATUS:
                         if status is None:
                             status = self._status_exchange(call.context["customer"])
-                        exchange = status
+                        out, read = status
                     result: object
                     try:
                         if limiter is not None:
                             await limiter.acquire()
-                        result = exchange[1](await send(exchange[0], remaining=call.remaining))
+                        result = read(await send(out, remaining=call.remaining))
                     except FreedomPayError as exc:
                         result = exc
                     except Exception as exc:

@@ -10,7 +10,7 @@ and the call goes on.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from freedompay_async._retry import RetryEvent
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from freedompay_async._call import Call
+    from freedompay_async._retry import RetryAction
 
 __all__ = ["emit", "fmt_context"]
 
@@ -70,7 +71,7 @@ def emit(
             attempt=call.attempts,
             delay=delay,
             outcome=outcome.value,
-            action=action,
+            action=cast("RetryAction", action),
             cause=cause,
             context=dict(call.context),
         )

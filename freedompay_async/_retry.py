@@ -35,7 +35,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import attrs
 
@@ -66,6 +66,8 @@ __all__ = [
     "CircuitBreaker",
     "Decision",
     "Outcome",
+    "OutcomeName",
+    "RetryAction",
     "RetryBudget",
     "RetryEvent",
     "Verb",
@@ -88,6 +90,14 @@ class Outcome(enum.Enum):
     LOCAL = "local"
     PENDING = "pending"
     SETTLED = "settled"
+
+
+#: `RetryEvent.outcome`: the value of an `Outcome`.
+OutcomeName: TypeAlias = Literal[
+    "not_sent", "refused", "ambiguous", "transient", "permanent", "local", "pending", "settled"
+]
+#: `RetryEvent.action`: what the call does after the attempt.
+RetryAction: TypeAlias = Literal["resend", "reconcile", "giveup"]
 
 
 class Verb(enum.Enum):
@@ -134,8 +144,8 @@ class RetryEvent:
     operation: str
     attempt: int
     delay: float
-    outcome: str
-    action: str
+    outcome: OutcomeName
+    action: RetryAction
     cause: FreedomPayError
     context: dict[str, str]
 

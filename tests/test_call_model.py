@@ -9,7 +9,8 @@ own table of which results prove a pay was never acted on — and checks after e
   allows under the opt-in, read at least the window after the last possible write;
 - a call in which a pay may have landed never ends as "nothing charged" (`guard_state` error,
   or an error other than `AmbiguousPaymentError`/`PaymentPending`);
-- no sleep is planned past the call's deadline (or the poll's end), and no send starts after it.
+- no sleep ends past the call's deadline (or the poll's end), no send starts after it, and no
+  exchange is bounded past it, except a status read's `READ_SLACK` floor.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class CallMachine(RuleBasedStateMachine):
         act = call.next_step(self.now)
         if act is Act.SEND:
             assert self.now < call.deadline, "a send started after the deadline"
+            assert self.now + call.remaining <= call.deadline, "a send bounded past the deadline"
             if self.may_have_landed:
                 assert self.resend_allowed, "a second pay while the first may have landed"
                 self.resend_allowed = False
@@ -150,6 +152,8 @@ class CallMachine(RuleBasedStateMachine):
             self.sends += 1
             self.act = act
         elif act is Act.ASK_STATUS:
+            end = call._poll_end or call.deadline
+            assert self.now + call.remaining <= max(end, self.now + READ_SLACK) + 1e-9
             self.act = act
         elif act is Act.SLEEP:
             end = max(call.deadline, call._poll_end)
@@ -259,13 +263,6 @@ class CallMachine(RuleBasedStateMachine):
             assert isinstance(call.result, InvoicePayment)
         else:
             assert isinstance(call.error, FreedomPayError)
-
-    @invariant()
-    def status_reads_stay_near_the_deadline(self) -> None:
-        """A status read of reconcile never starts more than READ_SLACK past the deadline."""
-        call = self.call
-        if isinstance(call, Call) and self.act is Act.ASK_STATUS and call._poll_end == 0.0:
-            assert self.now <= call.deadline + READ_SLACK
 
 
 class _Ended:

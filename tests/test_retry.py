@@ -489,3 +489,13 @@ def test_breaker_probe_that_never_reports_does_not_wedge_it() -> None:
     assert breaker.allow(10.0)  # the probe goes out and is cancelled: record() never runs
     assert not breaker.allow(15.0)
     assert breaker.allow(20.0 + 1e-9), "a lost probe must be replaced after another cooldown"
+
+
+def test_retry_event_literals_name_every_outcome() -> None:
+    """RetryEvent.outcome's Literal type lists exactly the values of Outcome."""
+    from typing import get_args
+
+    from freedompay_async._retry import OutcomeName, RetryAction
+
+    assert set(get_args(OutcomeName)) == {outcome.value for outcome in Outcome}
+    assert set(get_args(RetryAction)) == {"resend", "reconcile", "giveup"}
