@@ -49,6 +49,7 @@ from freedompay_async._exceptions import (
     RequestTimeout,
 )
 from freedompay_async._models import InvoicePayment, payment_state
+from freedompay_async._protocol import Operation
 from freedompay_async._retry import (
     BREAKER_FAILURES,
     Outcome,
@@ -66,7 +67,6 @@ if TYPE_CHECKING:
     from random import Random
 
     from freedompay_async._config import PollPolicy, RetryPolicy
-    from freedompay_async._protocol import Operation
     from freedompay_async._retry import CircuitBreaker, RetryBudget
 
 __all__ = [
@@ -123,6 +123,8 @@ RECONCILE_OUTCOMES: Final[dict[Verdict, _Then]] = {
     Verdict.NOT_LANDED: _Then.RESEND_ONCE,  # one resend per call, then as IN_DOUBT
     Verdict.IN_DOUBT: _Then.AMBIGUOUS,  # new, not proof: AmbiguousPaymentError
 }
+
+_MOVES_MONEY: Final = frozenset(op for op in Operation if op.moves_money)
 
 # Outcomes that prove this attempt was never acted on.
 _PROOF_NOT_SENT: Final = frozenset({Outcome.NOT_SENT, Outcome.REFUSED, Outcome.LOCAL})
@@ -191,7 +193,6 @@ class Call:
         "_poll_end",
         "_polls",
         "_send_deadline",
-        "_settle_policy",
         "attempts",
         "breaker",
         "budget",
@@ -215,6 +216,14 @@ class Call:
         "wait",
     )
 
+    # Set when a sleep, a send, reconcile or polling begins.
+    _after: Act
+    _doubt_before: bool
+    _cause: FreedomPayError
+    _failed_reads: int
+    _first_read: bool
+    _polls: int
+
     def __init__(
         self,
         operation: Operation,
@@ -229,7 +238,7 @@ class Call:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.operation = operation
-        self.moves_money = operation.moves_money
+        self.moves_money = operation in _MOVES_MONEY
         self.policy = policy
         self.poll = poll
         self.wait = wait and poll is not None
@@ -251,16 +260,9 @@ class Call:
         self.result: object = None
         self.error: FreedomPayError | None = None
         self.notes: list[Note] | None = None
-        self._after = Act.SEND
-        self._doubt_before = False
         self._in_flight = False
-        self._cause: FreedomPayError | None = None
-        self._failed_reads = 0
-        self._first_read = True
-        self._polls = 0
         self._poll_end = 0.0
         self._last: InvoicePayment | None = None
-        self._settle_policy = settle_policy_of(policy) if self.moves_money else _NO_WINDOW
 
     # -- what the driver asks ----------------------------------------------------------------
 
@@ -439,7 +441,14 @@ class Call:
         self.next_act = Act.FAIL
 
     def _record_send(self, result: object, now: float, wall: float) -> None:
-        outcome = classify(result, moves_money=self.moves_money)
+        if type(result) is InvoicePayment:  # the usual answer, classified without the tables
+            outcome = (
+                Outcome.PENDING
+                if self.moves_money and not result.invoice_status.is_terminal
+                else Outcome.SETTLED
+            )
+        else:
+            outcome = classify(result, moves_money=self.moves_money)
         failed = outcome in BREAKER_FAILURES
         if self.breaker is not None:
             self.breaker.record(failure=failed, now=now)
@@ -551,7 +560,7 @@ class Call:
                 result.invoice_status,
                 read_at=now,
                 last_write_at=self.last_write_at,
-                policy=self._settle_policy,
+                policy=settle_policy_of(self.policy),
             )
             self._then(RECONCILE_OUTCOMES[verdict], result, now)
             return
@@ -578,7 +587,7 @@ class Call:
         elif then is _Then.RESEND_ONCE and not self.resent:
             self.resent = True
             self.phase = Phase.SENDING
-            self._note("resend_if_new", Outcome.AMBIGUOUS, 0.0, self._cause)  # type: ignore[arg-type]
+            self._note("resend_if_new", Outcome.AMBIGUOUS, 0.0, self._cause)
             self.next_act = Act.SEND
         else:
             self._end_ambiguous("its status still reads new, so it may land later", self._cause)
