@@ -706,6 +706,9 @@ async def test_two_worker_processes_one_killed_charge_every_invoice_once(
             "FREEDOMPAY_MAX_JOBS": "32",
             "FREEDOMPAY_JOB_TIMEOUT": "10",  # a dead worker's jobs run again after 10 + 10 s
             "FREEDOMPAY_CLAIM_TTL": "3",
+            # the opt-in: a dead worker's unsent pay (status new 2 s after its claim lapsed) is
+            # proven never landed and paid once
+            "FREEDOMPAY_NEW_PROVES_AFTER": "2",
         }
         workers = []
         for name in ("a", "b"):

@@ -18,9 +18,12 @@ JSON outcome (no card token; the gateway's masked PAN only) in the Redis hash of
 one field per customer.
 
 A job re-run after its worker died finds the dead worker's claim; once the claim expires, the
-guard's settle hook asks `invoice_status(customer=...)` and pays only an invoice still `new`, so a
-pay that landed before the crash is recorded, not repeated. Jobs have deterministic ids
-(`freedompay:pay:<customer>`), so arq also drops a duplicate while the first is queued or running.
+guard's settle hook asks `invoice_status(customer=...)` and `settlement.settle()` decides: a pay
+that landed before the crash is recorded, not repeated. An invoice still `new` is paid only when
+`FREEDOMPAY_NEW_PROVES_AFTER` is set and that many seconds have passed since the dead worker's
+last possible write; by default it is stored as `ambiguous` for a manual check. Jobs have
+deterministic ids (`freedompay:pay:<customer>`), so arq also drops a duplicate while the first is
+queued or running.
 
 Configuration comes from the environment (`PayWorkerConfig.from_env`):
 
@@ -34,6 +37,7 @@ Configuration comes from the environment (`PayWorkerConfig.from_env`):
 | `FREEDOMPAY_MAX_JOBS` | jobs at once per worker | 32 |
 | `FREEDOMPAY_JOB_TIMEOUT` | seconds one job may run | 900 |
 | `FREEDOMPAY_CLAIM_TTL` | seconds a dead worker's claim blocks its customer | 30 |
+| `FREEDOMPAY_NEW_PROVES_AFTER` | seconds after which `new` proves a pay never landed | unset |
 | `FREEDOMPAY_NAMESPACE` | prefix of every guard, limiter and outcome key | `freedompay` |
 
 Card tokens travel inside arq's job payload in Redis (as with any job argument) until the job
@@ -77,6 +81,7 @@ from freedompay_async.contrib.redis_guard import (
     RedisRateLimiter,
     settle_by_status,
 )
+from freedompay_async.settlement import SettlePolicy
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -228,6 +233,9 @@ class PayWorkerConfig:
         job_timeout: Seconds one job may run; keep it above the client's deadline plus its
             poll timeout.
         claim_ttl: Seconds a dead worker's claim keeps its customer locked.
+        new_proves_not_landed_after: Seconds after the last possible write of a pay in doubt
+            after which a status of `new` proves it never landed (the guard's `SettlePolicy`);
+            None (default): it never does, and such an invoice is stored as `ambiguous`.
         namespace: The prefix of every guard, limiter and outcome key.
         client_options: More keyword arguments for `FreedomPayClient` (`timeouts`, `retry`...).
     """
@@ -242,6 +250,7 @@ class PayWorkerConfig:
     max_jobs: int = attrs.field(default=32, validator=_at_least_one)
     job_timeout: float = attrs.field(default=900.0, validator=_positive)
     claim_ttl: float = attrs.field(default=30.0, validator=_positive)
+    new_proves_not_landed_after: float | None = None
     namespace: str = attrs.field(default="freedompay", validator=_required)
     client_options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
@@ -277,6 +286,11 @@ class PayWorkerConfig:
             max_jobs=int(_env_number(env, "FREEDOMPAY_MAX_JOBS", 32)),
             job_timeout=_env_number(env, "FREEDOMPAY_JOB_TIMEOUT", 900.0),
             claim_ttl=_env_number(env, "FREEDOMPAY_CLAIM_TTL", 30.0),
+            new_proves_not_landed_after=(
+                _env_number(env, "FREEDOMPAY_NEW_PROVES_AFTER", 0.0)
+                if env.get("FREEDOMPAY_NEW_PROVES_AFTER", "").strip()
+                else None
+            ),
             namespace=_env(env, "FREEDOMPAY_NAMESPACE", "freedompay"),
         )
 
@@ -531,7 +545,13 @@ class PayRuntime:
             The runtime; its client opens on first use.
         """
         guard = RedisPayGuard(
-            redis, config.merchant_id, namespace=config.namespace, claim_ttl=config.claim_ttl
+            redis,
+            config.merchant_id,
+            namespace=config.namespace,
+            claim_ttl=config.claim_ttl,
+            settle_policy=SettlePolicy(
+                new_proves_not_landed_after=config.new_proves_not_landed_after
+            ),
         )
         limiter = None
         if config.rate > 0:

@@ -20,8 +20,9 @@ A duplicate-pay guard and a rate limiter shared through Redis by every worker of
   does, and the customer stays refused). Without a hook such a customer is refused, and stays
   refused until a hook settles it or `forget()` is called after a manual check.
 - When a pay ends in doubt (`pending`, `ambiguous`), `finish` also records the Redis time, so a
-  later reclaim knows how long ago that pay could last have been written. A crashed worker's
-  last write is unknown: it counts as just now.
+  later reclaim knows how long ago that pay could last have been written. A crashed worker's pay
+  was last written at least `claim_ttl - heartbeat` before its claim expired (it renewed the
+  claim while paying); without heartbeats, that bound is 0.
 
 Keys live under `{namespace}:{merchant_id}:`; the two keys of a customer share a Redis Cluster
 hash tag, so the scripts also run on a cluster.
@@ -432,10 +433,17 @@ class RedisPayGuard:
                     f"status could not be read ({type(exc).__name__}); not paid"
                 ),
             )
-        # Seconds on the reader's clock: the last write was age_ms before the claim (a finished
-        # doubt), or is unknown (a crashed worker) and counts as just now.
+        # Seconds on the reader's clock. A finished doubt was last written age_ms before this
+        # claim. A crashed worker's claim expired before this claim: it stopped renewing it at
+        # least claim_ttl - heartbeat before (it renews every heartbeat while its pay runs), so
+        # its pay was last written at least that long ago; without heartbeats, only now is sure.
         read_at = asyncio.get_running_loop().time()
-        last_write_at = read_at - age_ms / 1000 if age_ms >= 0 else read_at
+        if age_ms >= 0:
+            last_write_at = read_at - age_ms / 1000
+        else:
+            last_write_at = read_at - (
+                self._claim_ttl - self._heartbeat if self._heartbeat else 0.0
+            )
         verdict = settlement.settle(
             payment.invoice_status,
             read_at=read_at,
