@@ -304,8 +304,10 @@ class PayClaim:
     Attributes:
         granted: Whether the caller may send the pay now (and must `finish` it after).
         reason: Why the pay was refused, or None when granted.
-        prior_state: The state recorded for the customer before this claim (`paid`, `pending`,
-            `ambiguous`, ...), or None for a customer never claimed.
+        prior_state: The state the guard holds for the customer (`paid`, `pending`,
+            `ambiguous`, ...): recorded before this claim or, when the claim settled an earlier
+            pay by its status (kind `landed`), the state just learned; None for a customer never
+            claimed.
         kind: A short tag for the decision (`fresh`, `busy`, `settled`, ...), for guards that
             tell more than granted/refused.
         payment: The status read that settled an earlier pay of the customer during this
