@@ -12,6 +12,7 @@ FreedomPayError                         base, never raised itself; .operation, .
 │   ├── ConnectError                    DNS, refused, TLS: request never written       → not sent
 │   ├── ConnectionLost                  reset/closed once the request may be written   → ambiguous
 │   ├── CircuitOpenError                the client's breaker refused to send           → not sent
+│   ├── ClientClosedError (+RuntimeError) the client was closed before it sent          → not sent
 │   └── RequestTimeout (+TimeoutError)
 │       ├── PoolTimeout                 no gate slot within Timeouts.pool              → not sent
 │       ├── ConnectTimeout                                                             → not sent
@@ -22,7 +23,8 @@ FreedomPayError                         base, never raised itself; .operation, .
 │   └── SignatureError                  a signature check failed; never retried
 ├── GatewayError                        status=error; .error_code, .error_description
 ├── PaymentPending                      poll budget spent, still non-terminal; .payment (last seen)
-└── AmbiguousPaymentError               a pay may or may not have charged; .customer
+├── AmbiguousPaymentError               a pay may or may not have charged; .customer
+└── DuplicatePayError                   the duplicate guard refused the pay; .customer, .claim
 ```
 
 Rules kept by every class:
@@ -36,6 +38,8 @@ Rules kept by every class:
 - The underlying library's exception is never chained as it is (aiohttp's `request_info` holds
   the request's headers, signature included): the cause is a `TransportCause` holding only its
   class name and a redacted message.
+- `ClientClosedError` is also a `RuntimeError`: using a closed client is a lifecycle mistake,
+  and code written for the plain `RuntimeError` a closed client raised before still catches it.
 - `RequestTimeout` is also a `TimeoutError` (the same class as `asyncio.TimeoutError`), so code
   written around `asyncio.timeout()` still catches it. `ConfigurationError` and `DecodeError` are
   also `ValueError`. Nothing mixes in `OSError`: an `except OSError` written for files must not
@@ -53,16 +57,18 @@ from freedompay_async.masking import REDACTED, redact_bytes, redact_headers, red
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from freedompay_async._models import InvoicePayment
+    from freedompay_async._models import InvoicePayment, PayClaim
 
 __all__ = [
     "AmbiguousPaymentError",
     "CircuitOpenError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
     "ConnectTimeout",
     "ConnectionLost",
     "DecodeError",
+    "DuplicatePayError",
     "FreedomPayError",
     "GatewayError",
     "HTTPStatusError",
@@ -160,6 +166,10 @@ class ConnectionLost(TransportError):
 
 class CircuitOpenError(TransportError):
     """The client's circuit breaker is open after sustained failures; nothing was sent."""
+
+
+class ClientClosedError(TransportError, RuntimeError):
+    """The client was closed before this request was sent; nothing was sent."""
 
 
 class RequestTimeout(TransportError, TimeoutError):
@@ -356,3 +366,29 @@ class AmbiguousPaymentError(FreedomPayError):
 
     def _state(self) -> dict[str, Any]:
         return {**super()._state(), "customer": self.customer}
+
+
+class DuplicatePayError(FreedomPayError):
+    """
+    The duplicate-pay guard refused the pay; nothing was sent.
+
+    Attributes:
+        customer: The invoice's customer token.
+        claim: The guard's `PayClaim`: why it refused and the state it holds for the customer.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = "pay",
+        attempts: int = 0,
+        customer: str | None = None,
+        claim: PayClaim | None = None,
+    ) -> None:
+        super().__init__(message, operation=operation, attempts=attempts)
+        self.customer = customer
+        self.claim = claim
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "customer": self.customer, "claim": self.claim}

@@ -32,6 +32,7 @@ __all__ = [
     "InvoicePayment",
     "InvoiceStatus",
     "OutcomeState",
+    "PayClaim",
     "PayOutcome",
     "PayRequest",
 ]
@@ -308,3 +309,32 @@ def parse_amount(value: object) -> Decimal:
     if isinstance(exponent, int) and exponent < -2:  # noqa: PLR2004 - cents are the smallest unit
         raise ConfigurationError(f"amount must have at most two decimals, got {amount}")
     return amount
+
+
+@attrs.frozen(kw_only=True)
+class PayClaim:
+    """
+    A duplicate guard's answer to `claim(customer)`.
+
+    Attributes:
+        granted: Whether the caller may send the pay now (and must `finish` it after).
+        reason: Why the pay was refused, or None when granted.
+        prior_state: The state the guard holds for the customer (`paid`, `pending`,
+            `ambiguous`, ...): recorded before this claim or, when the claim settled an earlier
+            pay by its status (kind `landed`), the state just learned; None for a customer never
+            claimed.
+        kind: A short tag for the decision (`fresh`, `busy`, `settled`, ...), for guards that
+            tell more than granted/refused.
+        payment: The status read that settled an earlier pay of the customer during this
+            claim, if the guard read one.
+    """
+
+    granted: bool
+    reason: str | None = None
+    prior_state: str | None = None
+    kind: str | None = None
+    payment: InvoicePayment | None = None
+
+
+#: The granted claim of a customer never seen before.
+CLAIM_GRANTED = PayClaim(granted=True, kind="fresh")

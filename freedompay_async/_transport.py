@@ -40,6 +40,7 @@ from yarl import URL
 
 from freedompay_async._config import check_base_url
 from freedompay_async._exceptions import (
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ConnectionLost,
@@ -269,6 +270,13 @@ class Transport:
         # paid by a caller that really waits.
         if not gate.try_acquire():
             await self._wait_for_slot(operation, remaining)
+        if session.closed:
+            # Closed while this request waited for a slot: it was never written.
+            gate.release()
+            raise ClientClosedError(
+                f"{operation}: the client was closed before this request was sent; not sent",
+                operation=operation,
+            )
         error: FreedomPayError | None = None
         cause: TransportCause | None = None
         try:

@@ -20,6 +20,9 @@ ALLOWED: dict[str, set[str]] = {
         "_batch",
         "_classic_models",
     },
+    "_call": {"_config", "_exceptions", "_models", "_protocol", "_retry", "settlement"},
+    "_guard": {"_exceptions", "_models"},
+    "_events": {"_call", "_retry"},
     "_exceptions": {"_models", "masking"},  # _models: type-checking only
     "_models": {"_exceptions", "masking"},
     "_config": {"_exceptions"},
@@ -48,6 +51,9 @@ ALLOWED: dict[str, set[str]] = {
     "_batch": {"_models", "_exceptions"},
     "_client": {
         "_batch",
+        "_call",
+        "_events",
+        "_guard",
         "_config",
         "_decode",
         "_exceptions",
@@ -78,6 +84,7 @@ PURE = {
     "_classic_fields",
     "_classic_models",
     "_classic_settle",
+    "_call",
 }
 FORBIDDEN_IN_PURE = {"asyncio", "aiohttp", "time", "random"}
 

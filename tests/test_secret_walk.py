@@ -150,6 +150,14 @@ async def _produce(gateway: Gateway, server: RawServer) -> list[BaseException]:
                 client.pay_invoice(customer="c:2", user_id="u\ud800", card_token=CARD_TOKEN)
             )
         )
+        # a second pay of a customer whose first pay ended in doubt is refused
+        caught.append(
+            await _caught(
+                client.pay_invoice(customer="status:1", user_id="u", card_token=CARD_TOKEN)
+            )
+        )
+    # a call on a closed client
+    caught.append(await _caught(client.invoice_status(customer="status:closed")))
     # the breaker opens after one failure
     retry = RetryPolicy(attempts=1, breaker_threshold=1, budget=None, reconcile_grace=0.0)
     async with _client(url, retry=retry) as client:

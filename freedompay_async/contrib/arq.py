@@ -18,9 +18,12 @@ JSON outcome (no card token; the gateway's masked PAN only) in the Redis hash of
 one field per customer.
 
 A job re-run after its worker died finds the dead worker's claim; once the claim expires, the
-guard's settle hook asks `invoice_status(customer=...)` and pays only an invoice still `new`, so a
-pay that landed before the crash is recorded, not repeated. Jobs have deterministic ids
-(`freedompay:pay:<customer>`), so arq also drops a duplicate while the first is queued or running.
+guard's settle hook asks `invoice_status(customer=...)` and `settlement.settle()` decides: a pay
+that landed before the crash is recorded, not repeated. An invoice still `new` is paid only when
+`FREEDOMPAY_NEW_PROVES_AFTER` is set and that many seconds have passed since the dead worker's
+last possible write; by default it is stored as `ambiguous` for a manual check. Jobs have
+deterministic ids (`freedompay:pay:<customer>`), so arq also drops a duplicate while the first is
+queued or running.
 
 Configuration comes from the environment (`PayWorkerConfig.from_env`):
 
@@ -34,6 +37,7 @@ Configuration comes from the environment (`PayWorkerConfig.from_env`):
 | `FREEDOMPAY_MAX_JOBS` | jobs at once per worker | 32 |
 | `FREEDOMPAY_JOB_TIMEOUT` | seconds one job may run | 900 |
 | `FREEDOMPAY_CLAIM_TTL` | seconds a dead worker's claim blocks its customer | 30 |
+| `FREEDOMPAY_NEW_PROVES_AFTER` | seconds after which `new` proves a pay never landed | unset |
 | `FREEDOMPAY_NAMESPACE` | prefix of every guard, limiter and outcome key | `freedompay` |
 
 Card tokens travel inside arq's job payload in Redis (as with any job argument) until the job
@@ -53,7 +57,6 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
@@ -65,19 +68,20 @@ from redis.exceptions import RedisError
 from freedompay_async import (
     AmbiguousPaymentError,
     ConfigurationError,
+    DuplicatePayError,
     FreedomPayClient,
-    InvoicePayment,
+    PayClaim,
     PayOutcome,
     PayRequest,
 )
 from freedompay_async.contrib.redis_guard import (
     RedisPayGuard,
     RedisRateLimiter,
-    record_claims,
     settle_by_status,
 )
 from freedompay_async.csvinput import BadRow, CsvInputError, PayCsv, open_pay_csv
 from freedompay_async.records import TERMINAL_STATES, jsonable, outcome_record
+from freedompay_async.settlement import SettlePolicy
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -133,9 +137,28 @@ _ENV_SECRET_KEY: Final = "FREEDOMPAY_SECRET_KEY"  # noqa: S105 - an environment 
 
 _T = TypeVar("_T")
 
-_STATUS_SINK: ContextVar[dict[str, InvoicePayment] | None] = ContextVar(
-    "freedompay_status_sink", default=None
-)
+
+class _GrantLog:
+    """
+    The runtime's guard as the client sees it: the Redis guard, remembering granted claims.
+
+    A refused claim reaches the job in `DuplicatePayError.claim`; a granted one (`fresh` or
+    `reclaimed`) is kept here, by customer, until the job that holds it takes it back. Only one
+    job holds a customer's claim at a time, so the entry is never shared.
+    """
+
+    def __init__(self, guard: RedisPayGuard) -> None:
+        self.guard = guard
+        self.granted: dict[str, PayClaim] = {}
+
+    async def claim(self, customer: str) -> PayClaim:
+        claim = await self.guard.claim(customer)
+        if claim.granted:
+            self.granted[customer] = claim
+        return claim
+
+    async def finish(self, customer: str, *, state: str) -> None:
+        await self.guard.finish(customer, state=state)
 
 
 class MaskedToken(str):
@@ -209,6 +232,9 @@ class PayWorkerConfig:
         job_timeout: Seconds one job may run; keep it above the client's deadline plus its
             poll timeout.
         claim_ttl: Seconds a dead worker's claim keeps its customer locked.
+        new_proves_not_landed_after: Seconds after the last possible write of a pay in doubt
+            after which a status of `new` proves it never landed (the guard's `SettlePolicy`);
+            None (default): it never does, and such an invoice is stored as `ambiguous`.
         namespace: The prefix of every guard, limiter and outcome key.
         client_options: More keyword arguments for `FreedomPayClient` (`timeouts`, `retry`...).
     """
@@ -223,6 +249,7 @@ class PayWorkerConfig:
     max_jobs: int = attrs.field(default=32, validator=_at_least_one)
     job_timeout: float = attrs.field(default=900.0, validator=_positive)
     claim_ttl: float = attrs.field(default=30.0, validator=_positive)
+    new_proves_not_landed_after: float | None = None
     namespace: str = attrs.field(default="freedompay", validator=_required)
     client_options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
@@ -258,6 +285,11 @@ class PayWorkerConfig:
             max_jobs=int(_env_number(env, "FREEDOMPAY_MAX_JOBS", 32)),
             job_timeout=_env_number(env, "FREEDOMPAY_JOB_TIMEOUT", 900.0),
             claim_ttl=_env_number(env, "FREEDOMPAY_CLAIM_TTL", 30.0),
+            new_proves_not_landed_after=(
+                _env_number(env, "FREEDOMPAY_NEW_PROVES_AFTER", 0.0)
+                if env.get("FREEDOMPAY_NEW_PROVES_AFTER", "").strip()
+                else None
+            ),
             namespace=_env(env, "FREEDOMPAY_NAMESPACE", "freedompay"),
         )
 
@@ -450,6 +482,7 @@ class PayRuntime:
     ) -> None:
         self.client = client
         self.guard = guard
+        self.grants: _GrantLog | None = None
         self.results = results
         self.rate_limiter = rate_limiter
         self.busy_retry = busy_retry
@@ -470,7 +503,13 @@ class PayRuntime:
             The runtime; its client opens on first use.
         """
         guard = RedisPayGuard(
-            redis, config.merchant_id, namespace=config.namespace, claim_ttl=config.claim_ttl
+            redis,
+            config.merchant_id,
+            namespace=config.namespace,
+            claim_ttl=config.claim_ttl,
+            settle_policy=SettlePolicy(
+                new_proves_not_landed_after=config.new_proves_not_landed_after
+            ),
         )
         limiter = None
         if config.rate > 0:
@@ -482,23 +521,26 @@ class PayRuntime:
                 namespace=config.namespace,
             )
         options: dict[str, Any] = {"max_concurrency": config.max_jobs, **config.client_options}
+        grants = _GrantLog(guard)
         client = FreedomPayClient(
             config.merchant_id,
             config.secret_key,
             base_url=config.base_url,
-            guard=guard,
+            guard=grants,
             rate_limiter=limiter,
             **options,
         )
-        guard.set_settle_hook(settle_by_status(client, on_payment=_remember_status))
+        guard.set_settle_hook(settle_by_status(client))
         results = OutcomeStore(redis, config.merchant_id, namespace=config.namespace)
-        return cls(
+        runtime = cls(
             client=client,
             guard=guard,
             results=results,
             rate_limiter=limiter,
             busy_retry=config.claim_ttl,
         )
+        runtime.grants = grants
+        return runtime
 
     async def aclose(self) -> None:
         """Close the client and stop the guard's heartbeats."""
@@ -531,21 +573,17 @@ class PayRuntime:
             )
         except ConfigurationError as exc:
             return await self._invalid(customer, user_id, key, exc)
-        statuses: dict[str, InvoicePayment] = {}
-        token = _STATUS_SINK.set(statuses)
-        try:
-            with record_claims() as claims:
-                outcome = await self.client.pay_one(request)
-        finally:
-            _STATUS_SINK.reset(token)
-        claim = next((c for c in reversed(claims) if c.customer == customer), None)
-        if claim is None:  # refused before any claim (an invalid argument): nothing was sent
+        outcome = await self.client.pay_one(request)
+        granted = self.grants.granted.pop(customer, None) if self.grants is not None else None
+        if isinstance(outcome.error, DuplicatePayError) and outcome.error.claim is not None:
+            claim: PayClaim = outcome.error.claim
+        elif granted is not None or not isinstance(outcome.error, ConfigurationError):
+            result = outcome_to_dict(outcome, claim=granted.kind if granted else "fresh")
+            await self.results.save(result)
+            return result
+        else:  # refused before any claim (an invalid argument): nothing was sent
             result = outcome_to_dict(outcome)
             await self.results.save(result, replace=False)
-            return result
-        if claim.granted:
-            result = outcome_to_dict(outcome, claim=claim.kind)
-            await self.results.save(result)
             return result
         elapsed = time.monotonic() - start
         if claim.kind == "busy":
@@ -555,20 +593,20 @@ class PayRuntime:
             if stored is None:
                 stored = {
                     **outcome_to_dict(outcome, claim="settled"),
-                    "state": claim.state,
+                    "state": claim.prior_state,
                     "error": None,
                     "message": claim.reason,
                 }
                 await self.results.save(stored, replace=False)
             return {**stored, "duplicate": True}
-        payment = statuses.get(customer)
+        payment = claim.payment
         if claim.kind == "landed" and payment is not None:
             settled = PayOutcome(request=request, payment=payment, attempts=1, elapsed=elapsed)
             result = outcome_to_dict(settled, claim="landed")
         elif claim.kind == "landed":  # settled by a hook other than this runtime's
             result = {
                 **outcome_to_dict(outcome, claim="landed"),
-                "state": claim.state,
+                "state": claim.prior_state,
                 "error": None,
                 "message": claim.reason,
             }
@@ -601,12 +639,6 @@ class PayRuntime:
         if isinstance(customer, str) and customer:
             await self.results.save(result, replace=False)  # never hides a real outcome
         return result
-
-
-def _remember_status(customer: str, payment: InvoicePayment) -> None:
-    sink = _STATUS_SINK.get()
-    if sink is not None:
-        sink[customer] = payment
 
 
 async def startup(ctx: dict[Any, Any]) -> None:
