@@ -31,7 +31,7 @@ typecheck: $(STAMP)
 # link or reference, a public name without a docstring or missing from the API reference) into a
 # failure. Nothing is fetched from the network while building.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 # The Redis-backed tests need a real redis-server (Debian package); install it when missing.
 redis-server:
