@@ -1,8 +1,10 @@
 """
 Build checks and README includes for the documentation site (an mkdocs hook).
 
-- A page line `<!-- readme: ## Heading -->` is replaced by that README section's body, so the
-  site and the README say the same thing without copies that drift apart.
+- A page line `<!-- readme: ## Heading -->` is replaced by that README section's body (with its
+  subsections; `readme-intro:` stops at the first subsection), so the site and the README say the
+  same thing without copies that drift apart. README links to a section that another page
+  includes are pointed at that page.
 - Every public name (`__all__`) of the documented modules needs a docstring, and so does every
   public method or property of a public class; each must also appear in the rendered API
   reference. A miss is logged as a warning, which `mkdocs build --strict` turns into a failure.
@@ -42,15 +44,25 @@ DOCUMENTED = (
     "freedompay_async.contrib.otel",
 )
 
-_INCLUDE = re.compile(r"^<!-- readme: (#+ .+?) -->$", re.MULTILINE)
+_INCLUDE = re.compile(r"^<!-- (readme|readme-intro): (#+ .+?) -->$", re.MULTILINE)
+_ANCHOR_LINK = re.compile(r"\]\(#([a-z0-9-]+)\)")
+
+#: README heading slug -> the page that includes that section ("page.md" or "page.md#slug").
+_LINKS: dict[str, str] = {}
 
 
-def readme_section(heading: str) -> str | None:
+def _slug(heading: str) -> str:
+    text = heading.lstrip("#").strip().lower()
+    return re.sub(r"\s+", "-", re.sub(r"[^\w\s-]", "", text))
+
+
+def readme_section(heading: str, *, subsections: bool = True) -> str | None:
     """
     Return the body of one README section, up to the next heading of the same or a higher level.
 
     Args:
         heading: The heading line exactly, e.g. `## Assumptions`.
+        subsections: Whether to keep the section's subsections.
 
     Returns:
         The body, or None when README has no such heading.
@@ -66,26 +78,47 @@ def readme_section(heading: str) -> str | None:
     for line in lines[start:]:
         if line.startswith("```"):
             fenced = not fenced
-        if not fenced and re.match(rf"^#{{1,{level}}} ", line):
+        if not fenced and re.match(rf"^#{{1,{level if subsections else 6}}} ", line):
             break
         body.append(line)
     return "\n".join(body).strip() + "\n"
+
+
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    """Map every README heading that a page includes to that page."""
+    _LINKS.clear()
+    for source in sorted(Path(config.docs_dir).glob("*.md")):
+        for kind, heading in _INCLUDE.findall(source.read_text(encoding="utf-8")):
+            _LINKS[_slug(heading)] = source.name
+            body = readme_section(heading, subsections=kind == "readme") or ""
+            fenced = False
+            for line in body.splitlines():
+                fenced = fenced != line.startswith("```")
+                if not fenced and line.startswith("#"):
+                    _LINKS[_slug(line)] = f"{source.name}#{_slug(line)}"
+    return config
 
 
 def on_page_markdown(markdown: str, *, page: Page, config: MkDocsConfig, files: Files) -> str:
     """Replace each README include marker of a page with the section's body."""
     del config, files
 
+    def relink(match: re.Match[str]) -> str:
+        target = _LINKS.get(match.group(1))
+        if target is None or target.split("#")[0] == page.file.src_uri:
+            return match.group(0)
+        return f"]({target})"
+
     def include(match: re.Match[str]) -> str:
-        body = readme_section(match.group(1))
+        body = readme_section(match.group(2), subsections=match.group(1) == "readme")
         if body is None:
             log.warning(
                 "%s includes README section %r, which README lacks",
                 page.file.src_uri,
-                match.group(1),
+                match.group(2),
             )
             return ""
-        return body
+        return _ANCHOR_LINK.sub(relink, body)
 
     return _INCLUDE.sub(include, markdown)
 
