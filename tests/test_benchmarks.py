@@ -13,16 +13,18 @@ RUNNER = ROOT / "benchmarks" / "run.py"
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_quick_run_writes_every_row_and_section(tmp_path: Path) -> None:
     """`run.py --quick` exits 0 and reports all four rows at every level, and every section."""
     report = tmp_path / "RESULTS.md"
     completed = subprocess.run(  # noqa: S603 - our own runner, with fixed arguments
-        [sys.executable, str(RUNNER), "--quick", "--output", str(report)],
+        # A generous budget: this checks that every table is written, not how fast (a loaded
+        # machine slows the rows, and the quick budget would cut the last sections short).
+        [sys.executable, str(RUNNER), "--quick", "--budget", "200", "--output", str(report)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=260,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
