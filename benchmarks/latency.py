@@ -54,6 +54,8 @@ TARGET_CELL = (2048, 0.5)
 TARGETS = {"3.13": 0.90, "3.11": 0.85}
 #: A run that waited for its core longer than this share of its window is run again once.
 NOISY_RUNQUEUE = 0.10
+#: Before each run, wait (briefly, bounded) until the client's core is busier than this no more.
+QUIET_BUSY = 0.25
 
 
 @dataclass(frozen=True)
@@ -110,15 +112,24 @@ def _say(message: str) -> None:
 
 
 def _find_interpreter(version: str) -> str | None:
-    """Return a python executable of *version* ("3.13"), looked up on PATH and under pyenv."""
+    """Return a working python executable of *version* ("3.13"): pyenv's, else one on PATH."""
     from shutil import which
 
-    found = which(f"python{version}")
-    if found:
-        return found
-    pattern = str(Path.home() / ".pyenv" / "versions" / f"{version}.*" / "bin" / f"python{version}")
-    candidates = sorted(str(path) for path in Path("/").glob(pattern.lstrip("/")))
-    return candidates[-1] if candidates else None
+    pattern = f"{version}.*/bin/python{version}"
+    candidates = sorted(Path.home().joinpath(".pyenv", "versions").glob(pattern), reverse=True)
+    on_path = which(f"python{version}")
+    for candidate in [*map(str, candidates), *([on_path] if on_path else [])]:
+        # A pyenv shim exists for every version but runs only the selected ones: ask it.
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
 
 
 def _ensure_venv(version: str, interpreter: str) -> tuple[str, str]:
@@ -237,6 +248,40 @@ def _client(ctx: Context, python: str, job: dict[str, Any], limit: float) -> dic
     return result
 
 
+def _core_busy(core: int, seconds: float) -> float | None:
+    """Return the share of *seconds* that *core* spent busy (Linux `/proc/stat`), or None."""
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            text = Path("/proc/stat").read_text(encoding="ascii")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(f"cpu{core} "):
+                values = [int(value) for value in line.split()[1:]]
+                idle = values[3] + (values[4] if len(values) > 4 else 0)
+                return sum(values), idle
+        return None
+
+    first = sample()
+    time.sleep(seconds)
+    second = sample()
+    if first is None or second is None or second[0] == first[0]:
+        return None
+    return 1 - (second[1] - first[1]) / (second[0] - first[0])
+
+
+def _wait_for_quiet(core: int | None, *, budget: float) -> None:
+    """Wait (at most *budget* seconds) until the client's core is mostly idle."""
+    if core is None:
+        return
+    deadline = time.monotonic() + max(0.0, budget)
+    while time.monotonic() < deadline:
+        busy = _core_busy(core, 0.3)
+        if busy is None or busy < QUIET_BUSY:
+            return
+
+
 def _stream(
     ctx: Context, python: str, row: str, cell: tuple[int, float], gc_mode: str, *, uvloop: bool
 ) -> dict[str, Any] | None:
@@ -253,6 +298,7 @@ def _stream(
         "uvloop": uvloop,
     }
     limit = 4 + delay * 6 + warmup + ctx.plan.window
+    _wait_for_quiet(ctx.client_cpu, budget=min(10.0, ctx.plan.budget - ctx.elapsed() - limit))
     result = _client(ctx, python, job, limit)
     if "unavailable" in result:
         return None
@@ -260,6 +306,7 @@ def _stream(
     if noisy and ctx.reruns_left > 0 and ctx.plan.budget - ctx.elapsed() > limit * 3:
         ctx.reruns_left -= 1
         ctx.reruns_done += 1
+        _wait_for_quiet(ctx.client_cpu, budget=min(10.0, ctx.plan.budget - ctx.elapsed() - limit))
         again = _client(ctx, python, job, limit)
         _say(
             f"    rerun (waited for its core {result['runqueue_share']:.0%} of the window): "
@@ -308,11 +355,11 @@ Results = dict[str, dict[tuple[tuple[int, float], str, str, bool], list[dict[str
 def _stream_table(runs_by_key: dict[Any, list[dict[str, Any]]], keys: list[Any]) -> list[str]:
     lines = [
         (
-            "| in flight / delay | GC | row | req/s (ideal) | share of ideal | client CPU µs/req "
-            "| GC µs/req | gen 0/1/2 collections | longest GC ms | loop lag max ms | p50 / p99 ms "
-            "| waited for core | server CPU |"
+            "| in flight / delay | GC | row | req/s (ideal) | share of ideal | CPU ceiling "
+            "| client CPU µs/req | GC CPU µs/req | gen 0/1/2 collections | longest GC pause ms "
+            "| loop lag max ms | p50 / p99 ms | waited for core | server CPU | peak RSS MiB |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in keys:
         cell, gc_mode, row, uvloop = key
@@ -320,7 +367,7 @@ def _stream_table(runs_by_key: dict[Any, list[dict[str, Any]]], keys: list[Any])
         title = ROW_TITLES[row] + (" + uvloop" if uvloop else "")
         gc_title = GC_TITLES.get(gc_mode, gc_mode)
         if not runs:
-            lines.append(f"| {_cell_name(cell)} | {gc_title} | {title} | not run |||||||||")
+            lines.append(f"| {_cell_name(cell)} | {gc_title} | {title} | not run |||||||||||")
             continue
         collections = "/".join(
             f"{_median([run['gc_collections'][g] for run in runs]):.0f}" for g in range(3)
@@ -329,6 +376,7 @@ def _stream_table(runs_by_key: dict[Any, list[dict[str, Any]]], keys: list[Any])
             f"| {_cell_name(cell)} | {gc_title} | {title} "
             f"| {_med(runs, 'rate'):,.0f} ({runs[0]['ideal']:,.0f}) "
             f"| **{_fmt_range(runs, 'share', 2)}** "
+            f"| {_fmt_range(runs, 'ceiling', 2)} "
             f"| {_fmt_range(runs, 'cpu_us', 0)} "
             f"| {_fmt_range(runs, 'gc_us', 1)} "
             f"| {collections} "
@@ -336,7 +384,8 @@ def _stream_table(runs_by_key: dict[Any, list[dict[str, Any]]], keys: list[Any])
             f"| {_med(runs, 'lag_max_ms'):.0f} "
             f"| {_med(runs, 'p50_ms'):.0f} / {_med(runs, 'p99_ms'):.0f} "
             f"| {_fmt_range(runs, 'runqueue_share', 0, 100)} % "
-            f"| {_med(runs, 'server_cpu_share') * 100:.0f} % |"
+            f"| {_med(runs, 'server_cpu_share') * 100:.0f} % "
+            f"| {_med(runs, 'rss_mib'):.0f} |"
         )
     return lines
 
@@ -460,7 +509,9 @@ def _report(
             "Share of ideal = achieved req/s ÷ (in flight ÷ delay). Client CPU is `os.times()` "
             "user + system of the client process over the window, per completed request; GC is "
             "the time between the `start` and `stop` callbacks of `gc.callbacks`. Loop lag is how "
-            "late a task sleeping 50 ms was woken. Medians with min..max where a cell ran more "
+            "late a task sleeping 50 ms was woken. CPU ceiling = (1e6 ÷ client CPU µs/req) ÷ "
+            "ideal rate: the share this process could reach with a core of its own if CPU were "
+            "its only limit; sharing the machine moves it far less than the share itself. Medians with min..max where a cell ran more "
             "than once."
         ),
     ]
@@ -674,7 +725,11 @@ def main(argv: list[str] | None = None) -> int:
         if found is None:
             notes.append(f"Python {version} was not found on this machine; its rows did not run.")
             continue
-        interpreters[version] = _ensure_venv(version, found)
+        try:
+            interpreters[version] = _ensure_venv(version, found)
+        except (BenchmarkError, subprocess.TimeoutExpired) as exc:
+            _say(f"no venv for Python {version}: {exc}")
+            notes.append(f"Python {version}: its venv could not be created; its rows did not run.")
     ctx.started = time.monotonic()  # venv creation is not part of the measurement budget
 
     pythons: dict[str, dict[str, Any]] = {}

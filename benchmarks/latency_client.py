@@ -45,6 +45,13 @@ def _cpu() -> float:
     return times.user + times.system
 
 
+def _peak_rss_mib() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
 def _runqueue_wait() -> float | None:
     """Return the seconds this process has waited for a core so far (Linux), or None."""
     try:
@@ -88,21 +95,27 @@ def _apply_recipe(recipe: dict[str, Any]) -> None:
 
 
 class _GcMeter:
-    """Time spent in the cyclic collector, and collections per generation, while installed."""
+    """
+    Time in the cyclic collector, and collections per generation, while installed.
+
+    `seconds` is CPU time (`time.process_time`), which a core shared with other work does not
+    inflate; `longest` is the longest pause in wall time, what the event loop felt.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.longest = 0.0
         self.collections = [0, 0, 0]
         self._began = 0.0
+        self._began_cpu = 0.0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            self._began_cpu = time.process_time()
             self._began = time.perf_counter()
             return
-        spent = time.perf_counter() - self._began
-        self.seconds += spent
-        self.longest = max(self.longest, spent)
+        self.longest = max(self.longest, time.perf_counter() - self._began)
+        self.seconds += time.process_time() - self._began_cpu
         generation = info.get("generation", 0)
         if 0 <= generation < len(self.collections):
             self.collections[generation] += 1
@@ -206,6 +219,8 @@ async def _stream(job: dict[str, Any]) -> dict[str, Any]:
             if server_began is None or server_ended is None
             else (server_ended - server_began) / wall
         ),
+        "ceiling": 1 / (cpu / max(completed, 1)) / ideal if cpu > 0 else float("nan"),
+        "rss_mib": _peak_rss_mib(),
         "gc_us": meter.seconds / max(completed, 1) * 1e6,
         "gc_longest_ms": meter.longest * 1000,
         "gc_collections": meter.collections,
