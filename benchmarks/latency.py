@@ -511,7 +511,8 @@ def _report(
             "the time between the `start` and `stop` callbacks of `gc.callbacks`. Loop lag is how "
             "late a task sleeping 50 ms was woken. CPU ceiling = (1e6 ÷ client CPU µs/req) ÷ "
             "ideal rate: the share this process could reach with a core of its own if CPU were "
-            "its only limit; sharing the machine moves it far less than the share itself. Medians with min..max where a cell ran more "
+            "its only limit; sharing the machine moves it far less than the share itself. "
+            "Medians with min..max where a cell ran more "
             "than once."
         ),
     ]
