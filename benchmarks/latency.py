@@ -100,6 +100,21 @@ QUICK = Plan(
 )
 
 
+#: The smallest run that exercises every part, for the test suite: seconds, not a measurement.
+SMOKE = Plan(
+    name="smoke",
+    cells=((128, 0.1),),
+    repeats={},
+    window=0.5,
+    variants=(),
+    uvloop=False,
+    objects_inflight=64,
+    objects_delay=1.0,
+    budget=40.0,
+    reruns=0,
+)
+
+
 class BenchmarkError(RuntimeError):
     """A run failed, a process crashed or the time budget ran out."""
 
@@ -298,7 +313,8 @@ def _stream(
         "uvloop": uvloop,
     }
     limit = 4 + delay * 6 + warmup + ctx.plan.window
-    _wait_for_quiet(ctx.client_cpu, budget=min(10.0, ctx.plan.budget - ctx.elapsed() - limit))
+    if ctx.plan.name != "smoke":
+        _wait_for_quiet(ctx.client_cpu, budget=min(10.0, ctx.plan.budget - ctx.elapsed() - limit))
     result = _client(ctx, python, job, limit)
     if "unavailable" in result:
         return None
@@ -701,15 +717,21 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated versions (3.11,3.13) or 'current' (the running interpreter)",
     )
     parser.add_argument("--window", type=float, default=None, help="measured seconds per run")
+    parser.add_argument(
+        "--smoke", action="store_true", help="the smallest run of every part (for tests)"
+    )
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
+    args.quick = args.quick or args.smoke
     if args.window is not None:
         plan = Plan(**{**plan.__dict__, "window": max(0.5, args.window)})
     pythons_arg = args.pythons or ("current" if args.quick else "3.11,3.13")
     output = args.output or (
         OUT / "RESULTS-latency-quick.md" if args.quick else HERE / "RESULTS-latency.md"
     )
-    command = "python benchmarks/latency.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/latency.py" + (
+        " --smoke" if args.smoke else " --quick" if args.quick else ""
+    )
 
     client_cpu, server_cpu = _cores()
     ctx = Context(plan=plan, client_cpu=client_cpu, server_cpu=server_cpu)
