@@ -77,8 +77,8 @@ class Plan:
 FULL = Plan(
     name="full",
     cells=((1024, 0.25), (2048, 0.5), (4096, 1.0)),
-    repeats={(2048, 0.5): 3},
-    window=5.0,
+    repeats={(2048, 0.5): 2},
+    window=4.0,
     variants=("freeze only", "thresholds only", "freeze + (10000, 10, 10)"),
     uvloop=True,
     objects_inflight=1024,
@@ -117,6 +117,10 @@ SMOKE = Plan(
 
 class BenchmarkError(RuntimeError):
     """A run failed, a process crashed or the time budget ran out."""
+
+
+class BudgetExceededError(BenchmarkError):
+    """Too little of the invocation's time budget is left for the next run."""
 
 
 def _say(message: str) -> None:
@@ -239,7 +243,7 @@ class Context:
 def _client(ctx: Context, python: str, job: dict[str, Any], limit: float) -> dict[str, Any]:
     left = ctx.plan.budget - ctx.elapsed()
     if left < limit * 0.6:
-        raise BenchmarkError(f"time budget used up before {job}")
+        raise BudgetExceededError(f"time budget used up before {job}")
     delay = float(job.get("delay", ctx.plan.objects_delay))
     port, pid = ctx.server(delay)
     job = {**job, "port": port, "server_pid": pid, "cpu": ctx.client_cpu, "time_limit": limit}
@@ -314,7 +318,7 @@ def _stream(
     }
     limit = 4 + delay * 6 + warmup + ctx.plan.window
     if ctx.plan.name != "smoke":
-        _wait_for_quiet(ctx.client_cpu, budget=min(10.0, ctx.plan.budget - ctx.elapsed() - limit))
+        _wait_for_quiet(ctx.client_cpu, budget=min(2.0, ctx.plan.budget - ctx.elapsed() - limit))
     result = _client(ctx, python, job, limit)
     if "unavailable" in result:
         return None
@@ -322,7 +326,7 @@ def _stream(
     if noisy and ctx.reruns_left > 0 and ctx.plan.budget - ctx.elapsed() > limit * 3:
         ctx.reruns_left -= 1
         ctx.reruns_done += 1
-        _wait_for_quiet(ctx.client_cpu, budget=min(10.0, ctx.plan.budget - ctx.elapsed() - limit))
+        _wait_for_quiet(ctx.client_cpu, budget=min(5.0, ctx.plan.budget - ctx.elapsed() - limit))
         again = _client(ctx, python, job, limit)
         _say(
             f"    rerun (waited for its core {result['runqueue_share']:.0%} of the window): "
@@ -340,11 +344,34 @@ def _stream(
     return result
 
 
+def _census(ctx: Context, python: str, version: str) -> dict[str, dict[str, Any]]:
+    """Count live objects per in-flight call for both rows under one Python."""
+    out = {}
+    for row in ROWS:
+        job = {
+            "mode": "objects",
+            "row": row,
+            "inflight": ctx.plan.objects_inflight,
+            "delay": ctx.plan.objects_delay,
+        }
+        result = _client(ctx, python, job, 30 + ctx.plan.objects_delay * 3)
+        out[row] = result
+        _say(
+            f"  {version} objects {row}: {result['objects_per_call']:.0f} per call, "
+            f"{result['blocks_per_call']:.0f} blocks [{ctx.elapsed():4.0f}s]"
+        )
+    return out
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
 def _med(runs: list[dict[str, Any]], key: str) -> float:
@@ -408,7 +435,7 @@ def _stream_table(runs_by_key: dict[Any, list[dict[str, Any]]], keys: list[Any])
 
 def _paired(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str, op: str) -> str:
     values = [
-        (x[key] / y[key]) if op == "ratio" else (x[key] - y[key])
+        _ratio(x[key], y[key]) if op == "ratio" else (x[key] - y[key])
         for x, y in zip(a, b, strict=False)
     ]
     if len(values) < 2:
@@ -564,7 +591,7 @@ def _report(
                     continue
                 lines.append(
                     f"| {version} | {_cell_name(cell)} | {GC_TITLES[gc_mode]} "
-                    f"| {_med(sdk, 'share') / _med(raw, 'share'):.2f}"
+                    f"| {_ratio(_med(sdk, 'share'), _med(raw, 'share')):.2f}"
                     f"{_paired(sdk, raw, 'share', 'ratio')} "
                     f"| {_med(sdk, 'cpu_us') - _med(raw, 'cpu_us'):+.0f}"
                     f"{_paired(sdk, raw, 'cpu_us', 'diff')} "
@@ -587,7 +614,7 @@ def _report(
                     continue
                 lines.append(
                     f"| {version} | {_cell_name(cell)} | {ROW_TITLES[row]} "
-                    f"| {_med(on, 'share') / _med(off, 'share'):.2f} "
+                    f"| {_ratio(_med(on, 'share'), _med(off, 'share')):.2f} "
                     f"| {_med(on, 'cpu_us') - _med(off, 'cpu_us'):+.0f} "
                     f"| {_med(on, 'gc_us') - _med(off, 'gc_us'):+.0f} |"
                 )
@@ -764,44 +791,48 @@ def main(argv: list[str] | None = None) -> int:
             described["uvloop"] = uvloop
             pythons[version] = described
         _say(f"clients on core {client_cpu}, servers on core {server_cpu}")
-        # The main matrix: every Python, cell and GC mode; repeats of the target cell last.
-        schedule: list[tuple[str, tuple[int, float], str, bool]] = []
-        max_repeats = max([1, *plan.repeats.values()])
-        for repeat in range(max_repeats):
-            for cell in plan.cells:
-                if repeat >= plan.repeats.get(cell, 1):
-                    continue
-                schedule += [
-                    (version, cell, gc_mode, False)
-                    for version in interpreters
-                    for gc_mode in ("default", "recipe")
-                ]
-            if repeat == 0:
-                for version in interpreters:
-                    schedule += [(version, TARGET_CELL, mode, False) for mode in plan.variants]
-                    if plan.uvloop and interpreters[version][1] == "installed":
-                        schedule.append((version, TARGET_CELL, "recipe", True))
-        for index, (version, cell, gc_mode, uvloop) in enumerate(schedule):
+        # Every Python, cell and GC mode once; then the objects census; then the GC variants
+        # and uvloop; the further repeats of the target cell last, so a slow machine that
+        # runs out of budget loses repeats, not whole sections.
+        steps: list[tuple[str, str, tuple[int, float], str, bool]] = [
+            ("stream", version, cell, gc_mode, False)
+            for cell in plan.cells
+            for version in interpreters
+            for gc_mode in ("default", "recipe")
+        ]
+        steps += [("objects", version, TARGET_CELL, "default", False) for version in interpreters]
+        for version in interpreters:
+            steps += [("stream", version, TARGET_CELL, mode, False) for mode in plan.variants]
+            if plan.uvloop and interpreters[version][1] == "installed":
+                steps.append(("stream", version, TARGET_CELL, "recipe", True))
+        for repeat in range(1, max([1, *plan.repeats.values()])):
+            steps += [
+                ("stream", version, cell, gc_mode, False)
+                for cell in plan.cells
+                if repeat < plan.repeats.get(cell, 1)
+                for version in interpreters
+                for gc_mode in ("default", "recipe")
+            ]
+        for index, (kind, version, cell, gc_mode, uvloop) in enumerate(steps):
             python = interpreters[version][0]
-            order = ROWS if index % 2 == 0 else ROWS[::-1]
-            for row in order:
-                result = _stream(ctx, python, row, cell, gc_mode, uvloop=uvloop)
-                if result is not None:
-                    results[version].setdefault((cell, gc_mode, row, uvloop), []).append(result)
-        for version, (python, _uvloop) in interpreters.items():
-            for row in ROWS:
-                job = {
-                    "mode": "objects",
-                    "row": row,
-                    "inflight": plan.objects_inflight,
-                    "delay": plan.objects_delay,
-                }
-                result = _client(ctx, python, job, 30 + plan.objects_delay * 3)
-                objects[version][row] = result
-                _say(
-                    f"  {version} objects {row}: {result['objects_per_call']:.0f} per call, "
-                    f"{result['blocks_per_call']:.0f} blocks [{ctx.elapsed():4.0f}s]"
+            try:
+                if kind == "objects":
+                    objects[version] = _census(ctx, python, version)
+                    continue
+                order = ROWS if index % 2 == 0 else ROWS[::-1]
+                for row in order:
+                    result = _stream(ctx, python, row, cell, gc_mode, uvloop=uvloop)
+                    if result is not None:
+                        key = (cell, gc_mode, row, uvloop)
+                        results[version].setdefault(key, []).append(result)
+            except BudgetExceededError:
+                left = len(steps) - index
+                _say(f"time budget used up: {left} steps not run")
+                notes.append(
+                    f"The time budget ({plan.budget:.0f} s) ran out: the last {left} of "
+                    f"{len(steps)} steps (further repeats first) did not run."
                 )
+                break
     except BenchmarkError as exc:
         _say(f"benchmark failed: {exc}")
         return 1
