@@ -728,6 +728,26 @@ def _objects_section(objects: dict[str, dict[str, dict[str, Any]]], plan: Plan) 
         for kind, count in list(sdk.items())[:20]:
             other = raw.get(kind, 0.0)
             lines.append(f"| `{kind}` | {count:.2f} | {other:.2f} | {count - other:+.2f} |")
+        sdk_named = by_row.get("sdk", {}).get("per_call_by_name", {})
+        raw_named = by_row.get("raw", {}).get("per_call_by_name", {})
+        lines += [
+            "",
+            f"Coroutines, closures and bound methods per call by name, Python {version}:",
+            "",
+            "| kind and name | SDK per call | raw per call |",
+            "|---|---|---|",
+        ]
+        for name in sorted(
+            sdk_named.keys() | raw_named.keys(),
+            key=lambda name: -(sdk_named.get(name, 0.0) + raw_named.get(name, 0.0)),
+        ):
+            both = sdk_named.get(name, 0.0), raw_named.get(name, 0.0)
+            if max(both) >= 0.5:
+                lines.append(f"| `{name}` | {both[0]:.2f} | {both[1]:.2f} |")
+        pooled = by_row.get("sdk", {}).get("pooled_by_type", {})
+        if pooled:
+            top = ", ".join(f"`{kind}` {count:.1f}" for kind, count in list(pooled.items())[:8])
+            lines += ["", f"Per pooled connection (SDK's pool), Python {version}: {top}."]
     return lines
 
 

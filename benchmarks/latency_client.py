@@ -245,14 +245,29 @@ def _held(port: int) -> int:
         connection.close()
 
 
-def _census() -> tuple[Counter[str], int]:
-    """Return the GC-tracked objects by type, and the interpreter's allocated blocks."""
+_NAMED = ("coroutine", "function", "method")
+
+
+def _census() -> tuple[Counter[str], int, int]:
+    """
+    Return the GC-tracked objects by type, and the allocated blocks before and after counting.
+
+    The blocks a call holds are `during[1] - before[2]`: the census's own counter, alive from
+    one census to the next, is left out that way.
+
+    Coroutines, functions (closures) and bound methods are also counted by the qualified name of
+    their code, under keys starting with `named `, which says which call layers hold them.
+    """
     gc.collect()
+    blocks = sys.getallocatedblocks()
     counts: Counter[str] = Counter()
     for obj in gc.get_objects():
         kind = type(obj)
         counts[f"{kind.__module__}.{kind.__qualname__}"] += 1
-    return counts, sys.getallocatedblocks()
+        if kind.__name__ in _NAMED:
+            target = getattr(obj, "__func__", obj)
+            counts[f"named {kind.__name__} {getattr(target, '__qualname__', '?')}"] += 1
+    return counts, blocks, sys.getallocatedblocks()
 
 
 async def _objects(job: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +279,7 @@ async def _objects(job: dict[str, Any]) -> dict[str, Any]:
 
     async with _make_row(job["row"], port, inflight) as row:
         _apply_recipe(job.get("gc") or {})
-        cold, cold_blocks = _census()
+        cold, _cold_start, cold_blocks = _census()
         # One round of N calls leaves N idle keep-alive connections in the pool.
         await asyncio.gather(
             *(row.pay(loads.customer_token(tag, next(numbers))) for _ in range(inflight))
@@ -277,7 +292,7 @@ async def _objects(job: dict[str, Any]) -> dict[str, Any]:
 
         callers = [asyncio.create_task(caller()) for _ in range(inflight)]
         await asyncio.sleep(0)
-        before, before_blocks = _census()
+        before, before_start, before_blocks = _census()
         go.set()
         deadline = loop.time() + 10
         held = 0
@@ -288,18 +303,26 @@ async def _objects(job: dict[str, Any]) -> dict[str, Any]:
                 break
         # Let the last writes settle: every call is now waiting for its reply.
         await asyncio.sleep(0.05)
-        during, during_blocks = _census()
+        during, during_blocks, _during_end = _census()
         await asyncio.gather(*callers)
     per_call = {
         kind: (during[kind] - before[kind]) / inflight
         for kind in during.keys() | before.keys()
-        if during[kind] != before[kind]
+        if during[kind] != before[kind] and not kind.startswith("named ")
+    }
+    named = {
+        kind.removeprefix("named "): (during[kind] - before[kind]) / inflight
+        for kind in during.keys() | before.keys()
+        if during[kind] != before[kind] and kind.startswith("named ")
     }
     pooled = {
         kind: (before[kind] - cold[kind]) / inflight
         for kind in before.keys() | cold.keys()
-        if before[kind] != cold[kind]
+        if before[kind] != cold[kind] and not kind.startswith("named ")
     }
+    during = Counter({k: v for k, v in during.items() if not k.startswith("named ")})
+    before = Counter({k: v for k, v in before.items() if not k.startswith("named ")})
+    cold = Counter({k: v for k, v in cold.items() if not k.startswith("named ")})
     return {
         "row": job["row"],
         "inflight": inflight,
@@ -307,9 +330,10 @@ async def _objects(job: dict[str, Any]) -> dict[str, Any]:
         "objects_per_call": (sum(during.values()) - sum(before.values())) / inflight,
         "blocks_per_call": (during_blocks - before_blocks) / inflight,
         "pooled_objects_per_connection": (sum(before.values()) - sum(cold.values())) / inflight,
-        "pooled_blocks_per_connection": (before_blocks - cold_blocks) / inflight,
+        "pooled_blocks_per_connection": (before_start - cold_blocks) / inflight,
         "live_objects_in_flight": sum(during.values()),
         "per_call_by_type": dict(sorted(per_call.items(), key=lambda item: -item[1])[:25]),
+        "per_call_by_name": dict(sorted(named.items(), key=lambda item: -item[1])[:30]),
         "pooled_by_type": dict(sorted(pooled.items(), key=lambda item: -item[1])[:12]),
         "errors": 0 if held >= inflight else 1,
         "first_error": None if held >= inflight else f"only {held} of {inflight} calls held",
