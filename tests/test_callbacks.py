@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from freedompay_async import callbacks
 from freedompay_async._decode import parse_ordered
 from freedompay_async._exceptions import ConfigurationError, DecodeError, SignatureError
 from freedompay_async.callbacks import (
@@ -29,6 +28,7 @@ from freedompay_async.callbacks import (
     parse_notification,
     parse_result,
 )
+from freedompay_async.callbacks._fields import _flatten_params
 from freedompay_async.signing import Element, pg_sig, verify_pg_sig
 
 if TYPE_CHECKING:
@@ -370,7 +370,7 @@ def test_nesting_is_bounded() -> None:
     for _ in range(40):
         value = {"a": value}
     with pytest.raises(DecodeError):
-        callbacks._flatten_params("cart", value, {})
+        _flatten_params("cart", value, {})
 
 
 def test_group_where_a_value_belongs_is_refused() -> None:
