@@ -129,7 +129,6 @@ class FreedomPayEmulator(EmulatorControls):
         self._base_url: str | None = None
         self._closing: asyncio.Event | None = None
         self._closed = False
-        self._require_issued_tokens = require_issued_tokens
         self._classic = ClassicGateway(
             merchant_id=self._merchant_id,
             secret_key=secret_key,
