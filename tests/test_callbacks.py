@@ -28,7 +28,7 @@ from freedompay_async.callbacks import (
     parse_notification,
     parse_result,
 )
-from freedompay_async.callbacks._fields import _flatten_params
+from freedompay_async.callbacks._fields import flatten_params
 from freedompay_async.signing import Element, pg_sig, verify_pg_sig
 
 if TYPE_CHECKING:
@@ -370,7 +370,7 @@ def test_nesting_is_bounded() -> None:
     for _ in range(40):
         value = {"a": value}
     with pytest.raises(DecodeError):
-        _flatten_params("cart", value, {})
+        flatten_params("cart", value, {})
 
 
 def test_group_where_a_value_belongs_is_refused() -> None:

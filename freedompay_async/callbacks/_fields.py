@@ -20,23 +20,23 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 #: Deepest bracket nesting accepted in a form field name (PHP's own default limit is 64).
-_MAX_FORM_DEPTH = 32
+MAX_FORM_DEPTH = 32
 #: Longest field name quoted in an error message.
-_NAME_QUOTE = 64
+NAME_QUOTE = 64
 #: Longest incoming salt echoed in a reply to a notification that did not verify.
-_MAX_SALT_ECHO = 128
+MAX_SALT_ECHO = 128
 
 _INT = re.compile(r"[0-9]{1,19}")
 _AMOUNT = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,8})?")
 _DATETIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})")
-_NESTED_NAME = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])+)")
-_BRACKET = re.compile(r"\[([^\[\]]*)\]")
-_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+NESTED_NAME = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])+)")
+BRACKET = re.compile(r"\[([^\[\]]*)\]")
+NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
     """A field name as shown in a message: repr-quoted (no raw newlines), cut to a sane length."""
-    return repr(name[:_NAME_QUOTE])
+    return repr(name[:NAME_QUOTE])
 
 
 def _as_text(text: str, _name: str) -> str:
@@ -44,7 +44,7 @@ def _as_text(text: str, _name: str) -> str:
 
 
 def _as_salt(text: str, name: str) -> str:
-    if _NOT_XML_CHAR.search(text) is not None:
+    if NOT_XML_CHAR.search(text) is not None:
         raise DecodeError(f"{name} holds characters an XML reply cannot echo", tag=name)
     return text
 
@@ -138,18 +138,18 @@ def _convert(spec: _Spec, index: Mapping[str, object]) -> dict[str, Any]:
     return values
 
 
-def _flatten_params(name: str, value: object, out: dict[str, str], depth: int = 0) -> None:
+def flatten_params(name: str, value: object, out: dict[str, str], depth: int = 0) -> None:
     """Store a merchant field under *name*, a nested one under bracket names."""
     if isinstance(value, str):
         if name in out:
-            raise DecodeError(f"field {_quote(name)} is repeated", tag=name[:_NAME_QUOTE])
+            raise DecodeError(f"field {quote(name)} is repeated", tag=name[:NAME_QUOTE])
         out[name] = value
         return
-    if depth >= _MAX_FORM_DEPTH:
-        raise DecodeError(f"field {_quote(name)} nests too deep", tag=name[:_NAME_QUOTE])
+    if depth >= MAX_FORM_DEPTH:
+        raise DecodeError(f"field {quote(name)} nests too deep", tag=name[:NAME_QUOTE])
     children = value.children if isinstance(value, Element) else _mapping_items(value)
     for key, item in children:
-        _flatten_params(f"{name}[{key}]", item, out, depth + 1)
+        flatten_params(f"{name}[{key}]", item, out, depth + 1)
 
 
 def _mapping_items(value: object) -> list[tuple[str, object]]:
@@ -158,14 +158,14 @@ def _mapping_items(value: object) -> list[tuple[str, object]]:
     raise DecodeError("a field holds a value of an unexpected type")  # pragma: no cover
 
 
-def _build(entries: list[tuple[str, object]], script_name: str) -> Notification:
+def build_notification(entries: list[tuple[str, object]], script_name: str) -> Notification:
     """Turn verified top-level entries into a notification model."""
     index: dict[str, object] = {}
     for name, value in entries:
         if name == "pg_sig":
             continue
         if name in index:
-            raise DecodeError(f"field {_quote(name)} is repeated", tag=name[:_NAME_QUOTE])
+            raise DecodeError(f"field {quote(name)} is repeated", tag=name[:NAME_QUOTE])
         index[name] = value
     spec = _RESULT if "pg_result" in index else _COMMON
     known = {wire for wire, _, _, _ in spec}
@@ -173,7 +173,7 @@ def _build(entries: list[tuple[str, object]], script_name: str) -> Notification:
     unknown: dict[str, str] = {}
     for name, value in index.items():
         if name not in known:
-            _flatten_params(name, value, unknown if name.startswith("pg_") else merchant)
+            flatten_params(name, value, unknown if name.startswith("pg_") else merchant)
     values = _convert(spec, index)
     values.update(script_name=script_name, merchant_params=merchant, unknown_fields=unknown)
     if spec is _RESULT:
@@ -181,7 +181,8 @@ def _build(entries: list[tuple[str, object]], script_name: str) -> Notification:
     return CheckNotification(**values)
 
 
-def _check_secret(secret_key: object) -> str:
+def check_secret(secret_key: object) -> str:
+    """Return the merchant's key, or raise `ConfigurationError` when it is not a non-empty str."""
     if not isinstance(secret_key, str) or not secret_key:
         raise ConfigurationError("secret_key must be a non-empty string")
     return secret_key

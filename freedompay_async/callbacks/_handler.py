@@ -9,20 +9,20 @@ from aiohttp.web import HTTPException, Response
 
 from freedompay_async._exceptions import ConfigurationError, DecodeError, SignatureError
 from freedompay_async.callbacks._fields import (
-    _MAX_SALT_ECHO,
-    _NOT_XML_CHAR,
-    _build,
-    _check_secret,
+    MAX_SALT_ECHO,
+    NOT_XML_CHAR,
+    build_notification,
+    check_secret,
 )
 from freedompay_async.callbacks._models import (
-    _STATUS_BY_TEXT,
+    STATUS_BY_TEXT,
     CallbackAnswer,
     CallbackStatus,
     CheckNotification,
     Notification,
     ResultNotification,
 )
-from freedompay_async.callbacks._parse import _read, _verify
+from freedompay_async.callbacks._parse import read_fields, verify_signature
 from freedompay_async.callbacks._replay import ReplayGuard
 from freedompay_async.callbacks._reply import build_reply
 
@@ -44,7 +44,7 @@ def _unpack(answer: object) -> tuple[CallbackStatus, str]:
     status, description = (
         answer if isinstance(answer, tuple) and len(answer) == 2 else (answer, "")  # noqa: PLR2004 - a pair
     )
-    checked = _STATUS_BY_TEXT.get(status) if isinstance(status, str) else None
+    checked = STATUS_BY_TEXT.get(status) if isinstance(status, str) else None
     if checked is None or not isinstance(description, str):
         raise ConfigurationError(
             "a callback must return 'ok', 'rejected' or 'error', or such a status and a description"
@@ -55,9 +55,9 @@ def _unpack(answer: object) -> tuple[CallbackStatus, str]:
 def _salt_hint(entries: list[tuple[str, object]]) -> str:
     """The incoming salt for a reply to a notification that failed: echoed only if harmless."""
     salts = [value for name, value in entries if name == "pg_salt"]
-    if len(salts) == 1 and isinstance(salts[0], str) and len(salts[0]) <= _MAX_SALT_ECHO:
+    if len(salts) == 1 and isinstance(salts[0], str) and len(salts[0]) <= MAX_SALT_ECHO:
         salt = salts[0]
-        if _NOT_XML_CHAR.search(salt) is None:
+        if NOT_XML_CHAR.search(salt) is None:
             return salt
     return ""
 
@@ -96,7 +96,7 @@ class CallbackHandler:
     ) -> None:
         if on_check is None and on_result is None:
             raise ConfigurationError("give on_check, on_result or both")
-        self._secret_key = _check_secret(secret_key)
+        self._secret_key = check_secret(secret_key)
         self._on_check = on_check
         self._on_result = on_result
         self._guard = ReplayGuard() if guard is None else guard
@@ -140,14 +140,14 @@ class CallbackHandler:
                 retries), or `ConfigurationError` when it returned something else than a status.
         """
         try:
-            entries = _read(fields)
+            entries = read_fields(fields)
         except DecodeError as exc:
             logger.warning("callback to %r refused: %s", script_name, exc)
             return self._refuse(script_name, "", "malformed notification")
         salt = _salt_hint(entries)
         try:
-            _verify(entries, script_name, self._secret_key)
-            notification = _build(entries, script_name)
+            verify_signature(entries, script_name, self._secret_key)
+            notification = build_notification(entries, script_name)
         except SignatureError as exc:
             logger.warning("callback to %r refused: %s", script_name, exc)
             return self._refuse(script_name, salt, "invalid signature")

@@ -23,7 +23,7 @@ CallbackStatus: TypeAlias = Literal["ok", "rejected", "error"]
 #: What a business callback returns: a status, or a status and a description for the payer.
 CallbackAnswer: TypeAlias = "CallbackStatus | tuple[CallbackStatus, str]"
 
-_STATUS_BY_TEXT: dict[str, CallbackStatus] = {"ok": "ok", "rejected": "rejected", "error": "error"}
+STATUS_BY_TEXT: dict[str, CallbackStatus] = {"ok": "ok", "rejected": "rejected", "error": "error"}
 
 
 def _mask_pan(pan: str | None) -> str:
@@ -36,10 +36,6 @@ def _mask_pan(pan: str | None) -> str:
 def _names_only(fields: dict[str, str]) -> str:
     """Show a dict's keys but not its values."""
     return repr(sorted(fields))
-
-
-# ---------------------------------------------------------------------------------------------
-# models
 
 
 @attrs.frozen(kw_only=True)

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 from freedompay_async._decode import parse_ordered
 from freedompay_async._exceptions import ConfigurationError, DecodeError, SignatureError
 from freedompay_async.callbacks._fields import (
-    _BRACKET,
-    _MAX_FORM_DEPTH,
-    _NAME_QUOTE,
-    _NESTED_NAME,
-    _build,
-    _check_secret,
-    _quote,
+    BRACKET,
+    MAX_FORM_DEPTH,
+    NAME_QUOTE,
+    NESTED_NAME,
+    build_notification,
+    check_secret,
+    quote,
 )
 from freedompay_async.callbacks._models import (
     CheckNotification,
@@ -36,8 +36,8 @@ def _field_text(value: object, name: str) -> str:
         try:
             return bytes(value).decode()
         except UnicodeDecodeError:
-            raise DecodeError(f"field {_quote(name)} is not UTF-8", tag=name) from None
-    raise DecodeError(f"field {_quote(name)} is not a text field (a file?)", tag=name)
+            raise DecodeError(f"field {quote(name)} is not UTF-8", tag=name) from None
+    raise DecodeError(f"field {quote(name)} is not a text field (a file?)", tag=name)
 
 
 def _pairs(fields: Mapping[str, object] | Iterable[tuple[str, object]]) -> list[tuple[str, object]]:
@@ -60,29 +60,31 @@ def _unflatten(pairs: list[tuple[str, str]]) -> list[tuple[str, object]]:
     """Regroup bracket-notation names (`a[b][]`) into nested dicts, keeping first-seen order."""
     root: dict[str, object] = {}
     for name, value in pairs:
-        match = _NESTED_NAME.fullmatch(name)
-        path = [name] if match is None else [match[1], *_BRACKET.findall(match[2])]
-        if len(path) > _MAX_FORM_DEPTH:
-            raise DecodeError(f"field {_quote(name)} nests too deep", tag=path[0][:_NAME_QUOTE])
+        match = NESTED_NAME.fullmatch(name)
+        path = [name] if match is None else [match[1], *BRACKET.findall(match[2])]
+        if len(path) > MAX_FORM_DEPTH:
+            raise DecodeError(f"field {quote(name)} nests too deep", tag=path[0][:NAME_QUOTE])
         group = root
         for depth, key in enumerate(path):
             step = _next_index(group) if key == "" and depth else key
             if depth == len(path) - 1:
                 if step in group:
-                    raise DecodeError(f"field {_quote(name)} is repeated", tag=name[:_NAME_QUOTE])
+                    raise DecodeError(f"field {quote(name)} is repeated", tag=name[:NAME_QUOTE])
                 group[step] = value
                 break
             child = group.setdefault(step, {})
             if not isinstance(child, dict):
                 raise DecodeError(
-                    f"field {_quote(path[0])} is both a value and a group",
-                    tag=path[0][:_NAME_QUOTE],
+                    f"field {quote(path[0])} is both a value and a group",
+                    tag=path[0][:NAME_QUOTE],
                 )
             group = child
     return list(root.items())
 
 
-def _read(fields: Mapping[str, object] | Iterable[tuple[str, object]]) -> list[tuple[str, object]]:
+def read_fields(
+    fields: Mapping[str, object] | Iterable[tuple[str, object]],
+) -> list[tuple[str, object]]:
     """Normalise received fields (form or `pg_xml`) into the message `pg_sig` covers."""
     pairs = _pairs(fields)
     if not pairs:
@@ -100,7 +102,8 @@ def _read(fields: Mapping[str, object] | Iterable[tuple[str, object]]) -> list[t
     return _unflatten([(name, _field_text(value, name)) for name, value in pairs])
 
 
-def _verify(entries: list[tuple[str, object]], script_name: str, secret_key: str) -> None:
+def verify_signature(entries: list[tuple[str, object]], script_name: str, secret_key: str) -> None:
+    """Refuse entries whose single `pg_sig` is missing or does not verify (`SignatureError`)."""
     if not any(name == "pg_sig" for name, _ in entries):
         raise SignatureError("the notification carries no pg_sig; refused")
     if not verify_pg_sig(script_name, entries, secret_key):
@@ -148,9 +151,9 @@ def parse_notification(
             not of its type (`.tag` names it).
     """
     script = _resolve_script(script_name, url)
-    entries = _read(fields)
-    _verify(entries, script, _check_secret(secret_key))
-    return _build(entries, script)
+    entries = read_fields(fields)
+    verify_signature(entries, script, check_secret(secret_key))
+    return build_notification(entries, script)
 
 
 def parse_check(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from freedompay_async._exceptions import ConfigurationError
-from freedompay_async.callbacks._fields import _NOT_XML_CHAR, _check_secret
-from freedompay_async.callbacks._models import _STATUS_BY_TEXT
+from freedompay_async.callbacks._fields import NOT_XML_CHAR, check_secret
+from freedompay_async.callbacks._models import STATUS_BY_TEXT
 from freedompay_async.signing import pg_sig
 
 if TYPE_CHECKING:
@@ -51,15 +51,15 @@ def build_reply(
         ConfigurationError: An unknown status, an empty key, or a description or salt holding
             characters XML cannot carry.
     """
-    if status not in _STATUS_BY_TEXT:
+    if status not in STATUS_BY_TEXT:
         raise ConfigurationError("status must be 'ok', 'rejected' or 'error'")
     for name, text in (("description", description), ("salt", salt)):
-        if not isinstance(text, str) or _NOT_XML_CHAR.search(text) is not None:
+        if not isinstance(text, str) or NOT_XML_CHAR.search(text) is not None:
             raise ConfigurationError(f"{name} must be text that XML can carry")
     signature = pg_sig(
         script_name,
         (("pg_status", status), ("pg_description", description), ("pg_salt", salt)),
-        _check_secret(secret_key),
+        check_secret(secret_key),
     )
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n'
