@@ -8,10 +8,12 @@ wire. It verifies the detached JWS of every request, keeps each invoice in the s
 payment (per invoice, per card token, or by default) and faults injected into the next matching
 requests.
 
-This module is the aiohttp glue: lifecycle, the request loop, faults applied to replies. The
-decisions live apart: `_planner` (authentication, invoice rules, error codes), `_fault_queue`
-(which fault strikes which request), `_records` (what was seen) and `_admin` (the JSON admin
-API under `/_emulator/`, no signature, which drives the same controls from another process).
+This module holds its lifecycle and wiring. The aiohttp glue is `_invoice_api` (the request
+loop, faults applied to replies) and `_http` (bodies in, responses out); the decisions live apart
+and hold no aiohttp: `_planner` (authentication, invoice rules, error codes), `_fault_queue`
+(which fault strikes which request) and `_records` (what was seen). `_controls` holds the public
+scripting, observation and waiting methods, `_admin` the JSON admin API under `/_emulator/` (no
+signature), which drives the same controls from another process.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class FreedomPayEmulator(EmulatorControls):
     at creation), else `default_fate`. A pay on an invoice that is no longer `new` is refused
     with error 350 and commits nothing, except in *adversarial* mode, where every pay commits
     again so that `double_charged()` exposes a client that paid twice. Faults (`inject`) disturb
-    the next matching requests.
+    the next matching requests. A test waits on it with `wait_until` and `wait_idle`, not sleeps.
 
     The admin API (JSON, no signature, not counted in `stats`) offers the same controls to
     another process:
