@@ -62,7 +62,7 @@ ALLOWED: dict[str, set[str]] = {
         "_retry",
         "_transport",
     },
-    "callbacks": {"signing", "_decode", "_exceptions"},
+    "callbacks": {"signing", "_decode", "_exceptions", "masking"},
     "csvinput": {"__init__"},
     "records": {"__init__", "masking"},
     "cli": {"__init__", "testing", "contrib", "csvinput", "records", "masking", "settlement"},
