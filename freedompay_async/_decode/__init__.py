@@ -18,12 +18,8 @@ from freedompay_async._decode._classic import (
     decode_refund,
 )
 from freedompay_async._decode._harden import OrderedNode, parse_ordered
-from freedompay_async._decode._invoice import (
-    decode_info,
-    decode_init,
-    decode_payment,
-    decode_qr,
-)
+from freedompay_async._decode._invoice import decode_info, decode_init, decode_payment
+from freedompay_async._decode._qr import decode_qr
 from freedompay_async._decode._status import decode_payment_status
 
 __all__ = [

@@ -36,12 +36,9 @@ models receive converted values as keywords. Each reply is parsed exactly once.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypedDict
-from urllib.parse import parse_qsl, urlsplit
 
 import xmltodict
 
@@ -54,6 +51,7 @@ from freedompay_async._decode._harden import (
     _parser_message,
     _screen,
 )
+from freedompay_async._decode._qr import decode_qr
 from freedompay_async._exceptions import DecodeError, GatewayError, HTTPStatusError
 from freedompay_async._models import InvoiceInfo, InvoiceInit, InvoicePayment, InvoiceStatus
 from freedompay_async._protocol import Operation
@@ -66,12 +64,7 @@ __all__ = [
     "decode_info",
     "decode_init",
     "decode_payment",
-    "decode_qr",
 ]
-
-_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_HTTP_SCHEMES = frozenset({"http", "https"})
-
 
 # ---------------------------------------------------------------------------------------------
 # decode_*: one reply to one model
@@ -359,43 +352,3 @@ def decode_info(
         qr=qr,
         qr_url=qr_url,
     )
-
-
-def decode_qr(qr: str | None, *, customer_param: str = "customer") -> tuple[str | None, str | None]:
-    """
-    Decode an `invoice_methods/qr` value into the payment-page URL and its customer token.
-
-    The value is base64 (standard alphabet; the URL-safe alphabet and missing padding are
-    tolerated) of a UTF-8 `http(s)://` URL whose *customer_param* query parameter is the token.
-    This never raises: whatever fails to decode comes back as None.
-
-    Args:
-        qr: The raw value, or None.
-        customer_param: The query parameter that holds the customer token.
-
-    Returns:
-        `(url, customer)`: the URL, or None when the value is not base64 of an http(s) URL; the
-        token, or None when the URL lacks exactly one non-empty *customer_param*.
-    """
-    if not qr:
-        return None, None
-    try:
-        packed = "".join(qr.split()).encode("ascii").translate(_URLSAFE_TO_STANDARD)
-        url = base64.b64decode(packed + b"=" * (-len(packed) % 4), validate=True).decode("utf-8")
-        parts = urlsplit(url)
-    except (ValueError, binascii.Error):  # UnicodeError is a ValueError
-        return None, None
-    if parts.scheme not in _HTTP_SCHEMES or not parts.netloc or not _is_clean(url):
-        return None, None
-    try:
-        values = [v for k, v in parse_qsl(parts.query, errors="strict") if k == customer_param]
-    except ValueError:
-        return url, None
-    if len(values) != 1 or not _is_clean(values[0]):
-        return url, None
-    return url, values[0]
-
-
-def _is_clean(text: str) -> bool:
-    """Non-empty, printable and free of spaces: safe to show and to send back as a field."""
-    return bool(text) and text.isprintable() and " " not in text
