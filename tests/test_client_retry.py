@@ -421,17 +421,21 @@ async def test_wait_false_returns_the_pending_payment_at_once(
 async def test_zero_poll_interval_cannot_hammer_the_gateway(
     emulator: FreedomPayEmulator, make_client: Callable[..., FreedomPayClient]
 ) -> None:
-    """A zero poll interval is refused, or polling still ends by its timeout in few reads."""
-    try:
-        poll = PollPolicy(interval=0.0, max_interval=0.0, timeout=5.0)
-    except ConfigurationError:
-        return
+    """A zero poll interval is refused; a tiny one still grows, so polling ends in few reads."""
+    for interval, max_interval in ((0.0, 1.0), (1.0, 0.0), (-1.0, 1.0)):
+        with pytest.raises(ConfigurationError, match=r"PollPolicy\.(max_)?interval"):
+            PollPolicy(interval=interval, max_interval=max_interval, timeout=5.0)
+    poll = PollPolicy(interval=1e-6, max_interval=1.0, timeout=5.0)
     customer = emulator.create_invoice(fate=Fate.pending_then_paid(polls=1_000_000))
-    async with make_client(poll=poll) as client:
+    clock = VirtualClock()
+    async with make_client(poll=poll, clock=clock) as client:
         with pytest.raises(PaymentPending):
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(20.0):
                 await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
-    assert _ops(emulator, "status") <= 100
+    reads = _ops(emulator, "status")
+    assert 2 <= reads <= 100, reads
+    # It stops when the next wait (at most max_interval * 1.25) would pass the timeout.
+    assert clock.monotonic() >= poll.timeout - 1.25, "polling ended long before its timeout"
 
 
 async def test_poll_read_failures_are_retried_and_never_repay(
