@@ -8,14 +8,13 @@ async with FreedomPayClient(merchant_id, secret_key) as client:
 ```
 
 Everything users need is importable from here; `freedompay_async.signing` holds the signature
-helpers, `freedompay_async.testing` the emulator.
+helpers, `freedompay_async.reporting` the batch reports, `freedompay_async.testing` the emulator.
 """
 
 from __future__ import annotations
 
 from importlib import metadata
 
-from freedompay_async._batch import BatchSummary, SummaryBuilder
 from freedompay_async._classic_models import (
     CancelResult,
     CaptureResult,
@@ -68,6 +67,11 @@ from freedompay_async._models import (
 )
 from freedompay_async._retry import RetryEvent
 
+# The batch reports live in `freedompay_async.reporting`; their names stay importable from here,
+# outside `__all__`, so existing imports keep working.
+from freedompay_async.reporting import BatchSummary as BatchSummary
+from freedompay_async.reporting import SummaryBuilder as SummaryBuilder
+
 try:
     __version__ = metadata.version("freedompay-async")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -76,7 +80,6 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a sourc
 __all__ = [
     "AmbiguousPaymentError",
     "BatchProgress",
-    "BatchSummary",
     "CancelResult",
     "CaptureResult",
     "CardAddition",
@@ -119,7 +122,6 @@ __all__ = [
     "RevokeEntry",
     "SavedCard",
     "SignatureError",
-    "SummaryBuilder",
     "Timeouts",
     "TransportError",
     "__version__",

@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
         "_retry",
         "_batch",
         "_classic_models",
+        "reporting",
     },
     "_call": {"_config", "_exceptions", "_models", "_protocol", "_retry", "settlement"},
     "_guard": {"_exceptions", "_models"},
@@ -67,6 +68,7 @@ ALLOWED: dict[str, set[str]] = {
     "callbacks": {"signing", "_decode", "_exceptions"},
     "csvinput": {"__init__"},
     "records": {"__init__", "masking"},
+    "reporting": {"_batch"},
     "cli": {"__init__", "testing", "contrib", "csvinput", "records", "masking", "settlement"},
     "__main__": {"cli"},
 }
