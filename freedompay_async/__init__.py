@@ -8,7 +8,7 @@ async with FreedomPayClient(merchant_id, secret_key) as client:
 ```
 
 Everything users need is importable from here; `freedompay_async.signing` holds the signature
-helpers, `freedompay_async.testing` the emulator.
+helpers, `freedompay_async.reporting` the batch reports, `freedompay_async.testing` the emulator.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from importlib import metadata
 
-from freedompay_async._batch import BatchSummary, SummaryBuilder
 from freedompay_async._classic_models import (
     CancelResult,
     CaptureResult,
@@ -69,6 +68,11 @@ from freedompay_async._models import (
 )
 from freedompay_async._retry import RetryEvent
 
+# The batch reports live in `freedompay_async.reporting`; their names stay importable from here,
+# outside `__all__`, so existing imports keep working.
+from freedompay_async.reporting import BatchSummary as BatchSummary
+from freedompay_async.reporting import SummaryBuilder as SummaryBuilder
+
 try:
     __version__ = metadata.version("freedompay-async")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -81,7 +85,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "AmbiguousPaymentError",
     "BatchProgress",
-    "BatchSummary",
     "CancelResult",
     "CaptureResult",
     "CardAddition",
@@ -124,7 +127,6 @@ __all__ = [
     "RevokeEntry",
     "SavedCard",
     "SignatureError",
-    "SummaryBuilder",
     "Timeouts",
     "TransportError",
     "__version__",

@@ -57,7 +57,7 @@ from freedompay_async.masking import REDACTED, redact_bytes, redact_headers, red
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from freedompay_async._models import InvoicePayment, PayClaim
+    from freedompay_async._payment import InvoicePayment, PayClaim
 
 __all__ = [
     "AmbiguousPaymentError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -303,13 +303,13 @@ async def test_an_unknown_merchant_gets_the_unsigned_9998_error(raw: Raw) -> Non
 # -- saved cards and the invoice pay path --------------------------------------------------
 
 
-async def test_pay_takes_only_tokens_issued_for_that_user_when_switched_on() -> None:
+async def test_pay_takes_only_tokens_issued_for_that_user_when_switched_on(
+    client_for: Callable[..., FreedomPayClient],
+) -> None:
     """With require_issued_tokens, pay refuses foreign tokens; the paid invoice is refundable."""
     async with FreedomPayEmulator(seed=3, require_issued_tokens=True) as emu:
         token = emu.classic.save_card("alice")
-        async with FreedomPayClient(
-            emu.merchant_id, emu.secret_key, base_url=emu.base_url
-        ) as client:
+        async with client_for(emu) as client:
             for user, card in (("alice", "made-up-token"), ("bob", token)):
                 init = await client.init_invoice(
                     order_id=f"o-{user}", amount=Decimal(70), description="d"
@@ -332,12 +332,12 @@ async def test_pay_takes_only_tokens_issued_for_that_user_when_switched_on() -> 
         assert emu.classic.refunds(paid.invoice_id) == [Decimal(20)]
 
 
-async def test_the_switch_is_off_by_default(emulator: FreedomPayEmulator) -> None:
+async def test_the_switch_is_off_by_default(
+    emulator: FreedomPayEmulator, client_for: Callable[..., FreedomPayClient]
+) -> None:
     """Without the switch, any token pays, as before."""
     customer = emulator.create_invoice()
-    async with FreedomPayClient(
-        emulator.merchant_id, emulator.secret_key, base_url=emulator.base_url
-    ) as client:
+    async with client_for(emulator) as client:
         paid = await client.pay_invoice(customer=customer, user_id="u", card_token="anything")
     assert paid.invoice_status.value == "ok"
 

@@ -92,13 +92,11 @@ async def test_wire_switches_are_understood_by_the_emulator(
 
 
 async def test_wrong_secret_is_a_gateway_error(
-    emulator: FreedomPayEmulator, make_client: Callable[..., FreedomPayClient]
+    emulator: FreedomPayEmulator, client_for: Callable[..., FreedomPayClient]
 ) -> None:
     """A request signed with the wrong key is refused by the gateway, and nothing is charged."""
     customer = emulator.create_invoice()
-    client = FreedomPayClient(
-        emulator.merchant_id, "wrong-key", base_url=emulator.base_url, retry=RetryPolicy.disabled()
-    )
+    client = client_for(emulator, secret_key="wrong-key", retry=RetryPolicy.disabled())
     async with client:
         with pytest.raises(GatewayError) as caught:
             await client.pay_invoice(customer=customer, user_id="u", card_token=TOKEN)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -41,15 +41,6 @@ def _ops(emu: FreedomPayEmulator, operation: str) -> int:
     return emu.stats.by_operation[operation]
 
 
-async def _quiet(emu: FreedomPayEmulator) -> None:
-    """Wait (bounded) until the emulator has no request in hand, so late commits are counted."""
-    for _ in range(300):
-        if emu.stats.in_flight == 0:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("the emulator still holds a request after 3 s")
-
-
 @pytest.fixture
 async def rogue() -> AsyncIterator[FreedomPayEmulator]:
     """An adversarial emulator: every pay it receives commits, so a second pay shows as 2."""
@@ -57,13 +48,17 @@ async def rogue() -> AsyncIterator[FreedomPayEmulator]:
         yield emu
 
 
-def _client_for(emu: FreedomPayEmulator, **options: Any) -> FreedomPayClient:
-    options.setdefault("clock", VirtualClock())
-    options.setdefault("rng", random.Random(99))
-    options.setdefault("timeouts", Timeouts(connect=2.0, read=2.0, pool=2.0))
-    options.setdefault("retry", RetryPolicy(attempts=4, deadline=30.0, reconcile_grace=0.5))
-    options.setdefault("poll", PollPolicy(interval=0.5, factor=1.5, max_interval=2.0))
-    return FreedomPayClient(emu.merchant_id, emu.secret_key, base_url=emu.base_url, **options)
+@pytest.fixture
+def rogue_client(
+    rogue: FreedomPayEmulator, client_for: Callable[..., FreedomPayClient]
+) -> Callable[..., FreedomPayClient]:
+    """Clients bound to the rogue emulator (the shared factory, this module's rng and polls)."""
+    return functools.partial(
+        client_for,
+        rogue,
+        rng=random.Random(99),
+        poll=PollPolicy(interval=0.5, factor=1.5, max_interval=2.0),
+    )
 
 
 def _closed_port() -> int:
@@ -227,13 +222,13 @@ async def test_permanent_gateway_error_on_a_read_is_raised_at_once(
     ],
 )
 async def test_ambiguous_pay_after_commit_reconciles_to_paid_with_one_charge(
-    rogue: FreedomPayEmulator, fault: Fault
+    rogue: FreedomPayEmulator, rogue_client: Callable[..., FreedomPayClient], fault: Fault
 ) -> None:
     """A pay that committed, then failed on the way back, returns paid via status; one charge."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(fault, operation="pay")
     clock = VirtualClock()
-    async with _client_for(rogue, clock=clock, max_response_bytes=4096) as client:
+    async with rogue_client(clock=clock, max_response_bytes=4096) as client:
         payment = await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert payment.invoice_status is InvoiceStatus.OK
     assert rogue.charges(customer) == 1
@@ -243,11 +238,13 @@ async def test_ambiguous_pay_after_commit_reconciles_to_paid_with_one_charge(
     assert 0.5 <= clock.sleeps[0] <= 0.5 * 1.25
 
 
-async def test_unlisted_5xx_after_commit_on_pay_is_reconciled(rogue: FreedomPayEmulator) -> None:
+async def test_unlisted_5xx_after_commit_on_pay_is_reconciled(
+    rogue: FreedomPayEmulator, rogue_client: Callable[..., FreedomPayClient]
+) -> None:
     """A 5xx outside the table (520) after a committed pay is ambiguous: reconcile, not raise."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.http_status(520, after_commit=True), operation="pay")
-    async with _client_for(rogue) as client:
+    async with rogue_client() as client:
         payment = await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert payment.invoice_status is InvoiceStatus.OK
     assert rogue.charges(customer) == 1
@@ -255,13 +252,15 @@ async def test_unlisted_5xx_after_commit_on_pay_is_reconciled(rogue: FreedomPayE
 
 async def test_slow_commit_beyond_the_read_timeout_reconciles_to_paid(
     rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
+    until_idle: Callable[..., Awaitable[None]],
 ) -> None:
     """A pay that commits but answers after the (real) read timeout returns paid, charged once."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.delay(0.5, after_commit=True), operation="pay")
-    async with _client_for(rogue, timeouts=SLOW_READ) as client:
+    async with rogue_client(timeouts=SLOW_READ) as client:
         payment = await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
-    await _quiet(rogue)
+    await until_idle(rogue)
     assert payment.invoice_status is InvoiceStatus.OK
     assert _ops(rogue, "pay") == 1
     assert rogue.charges(customer) == 1
@@ -270,14 +269,16 @@ async def test_slow_commit_beyond_the_read_timeout_reconciles_to_paid(
 
 async def test_slow_pay_that_lands_after_the_reconcile_is_ambiguous_never_twice(
     rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
+    until_idle: Callable[..., Awaitable[None]],
 ) -> None:
     """A pay that lands only after the status read answered new is ambiguous and never resent."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.delay(0.5, after_commit=False), operation="pay")
-    async with _client_for(rogue, timeouts=SLOW_READ) as client:
+    async with rogue_client(timeouts=SLOW_READ) as client:
         with pytest.raises(AmbiguousPaymentError) as caught:
             await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
-    await _quiet(rogue)
+    await until_idle(rogue)
     assert caught.value.customer == customer
     assert _ops(rogue, "pay") == 1
     assert rogue.charges(customer) == 1  # it did land, later: the error told the truth
@@ -285,11 +286,12 @@ async def test_slow_pay_that_lands_after_the_reconcile_is_ambiguous_never_twice(
 
 async def test_error_1000_before_commit_on_pay_is_ambiguous_not_resent(
     rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
 ) -> None:
     """Error 1000 on pay is reconciled; a status still new ends ambiguous, with no second pay."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.error_code(1000), operation="pay")
-    async with _client_for(rogue) as client:
+    async with rogue_client() as client:
         with pytest.raises(AmbiguousPaymentError) as caught:
             await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert caught.value.customer == customer
@@ -300,12 +302,13 @@ async def test_error_1000_before_commit_on_pay_is_ambiguous_not_resent(
 
 async def test_stale_status_after_ambiguous_pay_raises_ambiguous_with_customer(
     rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
 ) -> None:
     """By default a status that still reads new after an ambiguous pay raises, never repays."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.drop(after_commit=True), operation="pay")
     rogue.inject(Fault.stale_status(reads=1), operation="status", customer=customer)
-    async with _client_for(rogue) as client:
+    async with rogue_client() as client:
         with pytest.raises(AmbiguousPaymentError) as caught:
             await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
         assert caught.value.customer == customer
@@ -317,37 +320,43 @@ async def test_stale_status_after_ambiguous_pay_raises_ambiguous_with_customer(
     assert rogue.charges(customer) == 1
 
 
-async def test_opt_in_resends_a_pay_that_did_not_land_once(rogue: FreedomPayEmulator) -> None:
+async def test_opt_in_resends_a_pay_that_did_not_land_once(
+    rogue: FreedomPayEmulator, rogue_client: Callable[..., FreedomPayClient]
+) -> None:
     """With resend_pay_if_new, a dropped pay whose status reads new is sent once more and paid."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.drop(after_commit=False), operation="pay")
     policy = RetryPolicy(deadline=30.0, reconcile_grace=0.5, resend_pay_if_new=True)
-    async with _client_for(rogue, retry=policy) as client:
+    async with rogue_client(retry=policy) as client:
         payment = await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert payment.invoice_status is InvoiceStatus.OK
     assert _ops(rogue, "pay") == 2
     assert rogue.charges(customer) == 1
 
 
-async def test_opt_in_resends_at_most_once_per_call(rogue: FreedomPayEmulator) -> None:
+async def test_opt_in_resends_at_most_once_per_call(
+    rogue: FreedomPayEmulator, rogue_client: Callable[..., FreedomPayClient]
+) -> None:
     """The opt-in allows one resend: a second unlanded pay ends ambiguous, not a third pay."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.drop(after_commit=False), operation="pay", times=5)
     policy = RetryPolicy(deadline=30.0, reconcile_grace=0.5, resend_pay_if_new=True)
-    async with _client_for(rogue, retry=policy) as client:
+    async with rogue_client(retry=policy) as client:
         with pytest.raises(AmbiguousPaymentError):
             await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert _ops(rogue, "pay") == 2
     assert rogue.charges(customer) == 0
 
 
-async def test_opt_in_risk_a_lagging_status_charges_twice(rogue: FreedomPayEmulator) -> None:
+async def test_opt_in_risk_a_lagging_status_charges_twice(
+    rogue: FreedomPayEmulator, rogue_client: Callable[..., FreedomPayClient]
+) -> None:
     """The opt-in's documented risk: a status that lags a charge makes its resend charge again."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.drop(after_commit=True), operation="pay")
     rogue.inject(Fault.stale_status(reads=1), operation="status", customer=customer)
     policy = RetryPolicy(deadline=30.0, reconcile_grace=0.5, resend_pay_if_new=True)
-    async with _client_for(rogue, retry=policy) as client:
+    async with rogue_client(retry=policy) as client:
         await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert rogue.charges(customer) == 2
 
@@ -421,27 +430,32 @@ async def test_wait_false_returns_the_pending_payment_at_once(
 async def test_zero_poll_interval_cannot_hammer_the_gateway(
     emulator: FreedomPayEmulator, make_client: Callable[..., FreedomPayClient]
 ) -> None:
-    """A zero poll interval is refused, or polling still ends by its timeout in few reads."""
-    try:
-        poll = PollPolicy(interval=0.0, max_interval=0.0, timeout=5.0)
-    except ConfigurationError:
-        return
+    """A zero poll interval is refused; a tiny one still grows, so polling ends in few reads."""
+    for interval, max_interval in ((0.0, 1.0), (1.0, 0.0), (-1.0, 1.0)):
+        with pytest.raises(ConfigurationError, match=r"PollPolicy\.(max_)?interval"):
+            PollPolicy(interval=interval, max_interval=max_interval, timeout=5.0)
+    poll = PollPolicy(interval=1e-6, max_interval=1.0, timeout=5.0)
     customer = emulator.create_invoice(fate=Fate.pending_then_paid(polls=1_000_000))
-    async with make_client(poll=poll) as client:
+    clock = VirtualClock()
+    async with make_client(poll=poll, clock=clock) as client:
         with pytest.raises(PaymentPending):
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(20.0):
                 await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
-    assert _ops(emulator, "status") <= 100
+    reads = _ops(emulator, "status")
+    assert 2 <= reads <= 100, reads
+    # It stops when the next wait (at most max_interval * 1.25) would pass the timeout.
+    assert clock.monotonic() >= poll.timeout - 1.25, "polling ended long before its timeout"
 
 
 async def test_poll_read_failures_are_retried_and_never_repay(
     rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
 ) -> None:
     """Failed poll reads are retried as reads; polling never sends pay again."""
     customer = rogue.create_invoice(fate=Fate.pending_then_paid(polls=1))
     rogue.inject(Fault.http_status(500), operation="status", times=2)
     rogue.inject(Fault.error_code(600), operation="status")
-    async with _client_for(rogue) as client:
+    async with rogue_client() as client:
         payment = await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert payment.invoice_status is InvoiceStatus.OK
     assert _ops(rogue, "pay") == 1
@@ -453,20 +467,20 @@ async def test_poll_read_failures_are_retried_and_never_repay(
 
 
 async def test_cancelled_pay_propagates_is_not_retried_and_logs_a_warning(
-    rogue: FreedomPayEmulator, caplog: pytest.LogCaptureFixture
+    rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
+    caplog: pytest.LogCaptureFixture,
+    wait_until: Callable[..., Awaitable[None]],
 ) -> None:
     """CancelledError during pay propagates, is never retried, and logs WARNING with customer."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.delay(2.0, after_commit=False), operation="pay")
     caplog.set_level(logging.WARNING, logger="freedompay_async")
-    async with _client_for(rogue) as client:
+    async with rogue_client() as client:
         task = asyncio.create_task(
             client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
         )
-        for _ in range(200):
-            if _ops(rogue, "pay") == 1:
-                break
-            await asyncio.sleep(0.005)
+        await wait_until(lambda: _ops(rogue, "pay") == 1, what="the pay reaching the gateway")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -478,11 +492,13 @@ async def test_cancelled_pay_propagates_is_not_retried_and_logs_a_warning(
 
 async def test_pay_cancelled_in_flight_keeps_its_customer_claimed(
     rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
+    until_idle: Callable[..., Awaitable[None]],
 ) -> None:
     """A pay cancelled once written may land: the client's guard refuses a second pay of it."""
     customer = rogue.create_invoice(fate=Fate.paid())
     rogue.inject(Fault.delay(0.3, after_commit=False), operation="pay")
-    async with _client_for(rogue) as client:
+    async with rogue_client() as client:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
@@ -490,13 +506,14 @@ async def test_pay_cancelled_in_flight_keeps_its_customer_claimed(
             await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert refused.value.claim is not None
     assert refused.value.claim.prior_state == "ambiguous"
-    await _quiet(rogue)
+    await until_idle(rogue)
     assert _ops(rogue, "pay") == 1, "the second pay must be refused by the guard, not sent"
     assert rogue.charges(customer) == 1
 
 
 async def test_hooks_receive_retry_events(
     rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
 ) -> None:
     """on_retry sees the resend and the reconcile, on_giveup the final error, as RetryEvents."""
     retries: list[RetryEvent] = []
@@ -505,7 +522,7 @@ async def test_hooks_receive_retry_events(
     refused = rogue.create_invoice(fate=Fate.gateway_error(600))
     rogue.inject(Fault.http_status(503), operation="pay", customer=paid)
     rogue.inject(Fault.http_status(500, after_commit=True), operation="pay", customer=paid)
-    async with _client_for(rogue, on_retry=retries.append, on_giveup=giveups.append) as client:
+    async with rogue_client(on_retry=retries.append, on_giveup=giveups.append) as client:
         await client.pay_invoice(customer=paid, user_id=USER, card_token=TOKEN)
         with pytest.raises(GatewayError):
             await client.pay_invoice(customer=refused, user_id=USER, card_token=TOKEN)
@@ -548,7 +565,9 @@ async def test_a_raising_hook_does_not_break_the_call(
 
 
 async def test_logs_carry_customer_and_attempt_but_no_secrets(
-    rogue: FreedomPayEmulator, caplog: pytest.LogCaptureFixture
+    rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """DEBUG logs of a retried, reconciled pay name customer and attempt; never key/token/JWS."""
     customer = rogue.create_invoice(fate=Fate.paid())
@@ -562,7 +581,7 @@ async def test_logs_carry_customer_and_attempt_but_no_secrets(
         wire=_WireOptions(),
     ).headers["X-JWS-Signature"]
     caplog.set_level(logging.DEBUG)
-    async with _client_for(rogue) as client:
+    async with rogue_client() as client:
         await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     ours = [r for r in caplog.records if r.name.startswith("freedompay_async")]
     assert ours
@@ -577,6 +596,7 @@ async def test_logs_carry_customer_and_attempt_but_no_secrets(
 
 async def test_connection_and_slot_are_released_before_any_sleep(
     rogue: FreedomPayEmulator,
+    rogue_client: Callable[..., FreedomPayClient],
 ) -> None:
     """Every backoff, grace and poll sleep starts with no gate slot held by the call."""
     held: list[int] = []
@@ -589,7 +609,7 @@ async def test_connection_and_slot_are_released_before_any_sleep(
     customer = rogue.create_invoice(fate=Fate.pending_then_paid(polls=1))
     rogue.inject(Fault.http_status(503), operation="pay")
     rogue.inject(Fault.drop(after_commit=True), operation="pay")
-    client = _client_for(rogue, clock=Watching())
+    client = rogue_client(clock=Watching())
     async with client:
         await client.pay_invoice(customer=customer, user_id=USER, card_token=TOKEN)
     assert len(held) >= 3

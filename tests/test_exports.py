@@ -89,6 +89,18 @@ def test_signing_and_testing_modules_expose_the_contract() -> None:
     assert hasattr(testing, "FreedomPayEmulator")
 
 
+def test_reporting_helpers_live_in_their_own_module() -> None:
+    """The batch reports come from `freedompay_async.reporting`, not the top-level names."""
+    from freedompay_async import reporting
+
+    assert reporting.__all__ == ["BatchSummary", "SummaryBuilder"]
+    for name in reporting.__all__:
+        assert name not in freedompay_async.__all__
+        assert getattr(freedompay_async, name) is getattr(reporting, name)  # existing imports
+    summary = reporting.SummaryBuilder().build(0.0)
+    assert summary.total == 0
+
+
 EXCEPTIONS = sorted(
     (
         obj

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -34,20 +34,19 @@ QUICK_POLL = PollPolicy(interval=0.01, factor=1.0, max_interval=0.01, timeout=30
 QUICK_RETRY = RetryPolicy(attempts=4, deadline=20.0, reconcile_grace=0.01)
 
 
-def _client(gateway: RawGateway, **options: Any) -> FreedomPayClient:
-    options.setdefault("retry", QUICK_RETRY)
-    options.setdefault("poll", QUICK_POLL)
-    options.setdefault("timeouts", Timeouts(connect=2.0, read=5.0, pool=10.0))
-    options.setdefault("rng", random.Random(7))
-    return FreedomPayClient("123456", "not-a-real-secret", base_url=gateway.url, **options)
+@pytest.fixture
+def raw_client(client_for: Callable[..., FreedomPayClient]) -> Callable[..., FreedomPayClient]:
+    """Clients for a raw gateway: the shared factory with a real clock and quick polls."""
 
+    def factory(gateway: RawGateway, **options: Any) -> FreedomPayClient:
+        options.setdefault("clock", None)  # the real clock: the raw gateway runs in real time
+        options.setdefault("retry", QUICK_RETRY)
+        options.setdefault("poll", QUICK_POLL)
+        options.setdefault("timeouts", Timeouts(connect=2.0, read=5.0, pool=10.0))
+        options.setdefault("rng", random.Random(7))
+        return client_for(gateway.url, **options)
 
-async def _until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > within:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(0.005)
+    return factory
 
 
 async def _pay(client: FreedomPayClient, customer: str, **options: Any) -> object:
@@ -59,12 +58,14 @@ async def _pay(client: FreedomPayClient, customer: str, **options: Any) -> objec
 
 async def test_a_pay_cancelled_while_polling_is_never_paid_again(
     caplog: pytest.LogCaptureFixture,
+    raw_client: Callable[..., FreedomPayClient],
+    wait_until: Callable[..., Awaitable[None]],
 ) -> None:
     """A pay answered process, then cancelled while polling, stays claimed and logs its customer."""
     caplog.set_level(logging.WARNING, logger="freedompay_async")
-    async with RawGateway() as gateway, _client(gateway) as client:
+    async with RawGateway() as gateway, raw_client(gateway) as client:
         task = asyncio.create_task(_pay(client, "cust-1"))
-        await _until(lambda: gateway.requests["status"] >= 2)
+        await wait_until(lambda: gateway.requests["status"] >= 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -78,7 +79,7 @@ async def test_a_pay_cancelled_while_polling_is_never_paid_again(
 
 
 async def test_a_storm_of_cancelled_pays_charges_no_customer_twice(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, raw_client: Callable[..., FreedomPayClient]
 ) -> None:
     """1,000 pays, half cancelled at random moments, each one retried: no customer charged twice."""
     caplog.set_level(logging.WARNING, logger="freedompay_async")
@@ -90,7 +91,7 @@ async def test_a_storm_of_cancelled_pays_charges_no_customer_twice(
 
     rng = random.Random(11)
     customers = [f"storm-{n}" for n in range(1000)]
-    async with RawGateway(on_status=status) as gateway, _client(gateway) as client:
+    async with RawGateway(on_status=status) as gateway, raw_client(gateway) as client:
         start = time.monotonic()
         tasks = {c: asyncio.create_task(_pay(client, c)) for c in customers}
         doomed = rng.sample(customers, 500)
@@ -127,7 +128,7 @@ async def test_a_storm_of_cancelled_pays_charges_no_customer_twice(
 
 
 async def test_memory_error_reading_a_pay_reply_keeps_the_customer_in_doubt(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, raw_client: Callable[..., FreedomPayClient]
 ) -> None:
     """A MemoryError while reading a charged pay's reply reconciles; it never releases the claim."""
     original = Transport._read_decoded
@@ -140,7 +141,7 @@ async def test_memory_error_reading_a_pay_reply_keeps_the_customer_in_doubt(
     monkeypatch.setattr(Transport, "_read_decoded", inflate)
     async with (
         RawGateway(on_pay=lambda _c: xml("ok"), on_status=lambda _c: xml("new")) as gateway,
-        _client(gateway) as client,
+        raw_client(gateway) as client,
     ):
         with pytest.raises(AmbiguousPaymentError) as first:
             await _pay(client, "mem-1")
@@ -153,7 +154,9 @@ async def test_memory_error_reading_a_pay_reply_keeps_the_customer_in_doubt(
 
 
 @pytest.mark.parametrize("code", [101, 301, 302, 307, 308])
-async def test_a_1xx_or_3xx_reply_to_a_pay_is_ambiguous_never_paid_again(code: int) -> None:
+async def test_a_1xx_or_3xx_reply_to_a_pay_is_ambiguous_never_paid_again(
+    code: int, raw_client: Callable[..., FreedomPayClient]
+) -> None:
     """A pay answered 1xx/3xx may have charged: it is reconciled, and never sent twice."""
     extra = ["Upgrade: websocket", "Connection: Upgrade"] if code == 101 else []
     if code >= 300:
@@ -162,7 +165,7 @@ async def test_a_1xx_or_3xx_reply_to_a_pay_is_ambiguous_never_paid_again(code: i
         RawGateway(
             on_pay=lambda _c: raw_status(code, *extra), on_status=lambda _c: xml("new")
         ) as gateway,
-        _client(
+        raw_client(
             gateway, retry=RetryPolicy(attempts=4, deadline=4.0, reconcile_grace=0.01)
         ) as client,
     ):
@@ -174,13 +177,15 @@ async def test_a_1xx_or_3xx_reply_to_a_pay_is_ambiguous_never_paid_again(code: i
     assert gateway.charges[f"redirect-{code}"] == 1
 
 
-async def test_a_3xx_pay_whose_status_reads_ok_returns_paid() -> None:
+async def test_a_3xx_pay_whose_status_reads_ok_returns_paid(
+    raw_client: Callable[..., FreedomPayClient],
+) -> None:
     """A redirected pay that did charge is found by reconcile: paid, one charge."""
     async with (
         RawGateway(
             on_pay=lambda _c: raw_status(302, "Location: /x"), on_status=lambda _c: xml("ok")
         ) as gateway,
-        _client(gateway) as client,
+        raw_client(gateway) as client,
     ):
         payment = await _pay(client, "redirect-ok")
     assert getattr(payment, "invoice_status", None) is InvoiceStatus.OK
@@ -190,12 +195,14 @@ async def test_a_3xx_pay_whose_status_reads_ok_returns_paid() -> None:
 # -- aclose() with pays in flight -----------------------------------------------------------
 
 
-async def test_aclose_ends_written_pays_ambiguous_and_queued_ones_not_sent() -> None:
+async def test_aclose_ends_written_pays_ambiguous_and_queued_ones_not_sent(
+    raw_client: Callable[..., FreedomPayClient], wait_until: Callable[..., Awaitable[None]]
+) -> None:
     """Closing with pays in flight: written ones end ambiguous, queued ones as not sent."""
     async with RawGateway(on_pay=lambda _c: None) as gateway:
-        client = _client(gateway, max_concurrency=2)
+        client = raw_client(gateway, max_concurrency=2)
         tasks = [asyncio.create_task(_pay(client, f"close-{n}")) for n in range(6)]
-        await _until(lambda: gateway.held == 2)
+        await wait_until(lambda: gateway.held == 2)
         await client.aclose()
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
     written = [r for r in results if isinstance(r, AmbiguousPaymentError)]
@@ -205,14 +212,17 @@ async def test_aclose_ends_written_pays_ambiguous_and_queued_ones_not_sent() -> 
     assert not any(type(r) is RuntimeError for r in results)
 
 
-async def test_aclose_during_a_batch_yields_an_outcome_for_every_started_item() -> None:
+async def test_aclose_during_a_batch_yields_an_outcome_for_every_started_item(
+    raw_client: Callable[..., FreedomPayClient],
+    wait_until: Callable[..., Awaitable[None]],
+) -> None:
     """A batch whose client closes yields one outcome per item; charged ones are ambiguous."""
     async with RawGateway(on_pay=lambda _c: None) as gateway:
-        client = _client(gateway, max_concurrency=2)
+        client = raw_client(gateway, max_concurrency=2)
         requests = [
             PayRequest(customer=f"b-{n}", user_id="u", card_token="tok-1") for n in range(5)
         ]
-        closer = asyncio.create_task(_close_when(client, lambda: gateway.held == 2))
+        closer = asyncio.create_task(_close_when(client, lambda: gateway.held == 2, wait_until))
         outcomes = [o async for o in client.pay_invoices(requests, concurrency=2)]
         await closer
     assert len(outcomes) == 5
@@ -225,6 +235,8 @@ async def test_aclose_during_a_batch_yields_an_outcome_for_every_started_item() 
     assert sum(gateway.charges.values()) == 2
 
 
-async def _close_when(client: FreedomPayClient, ready: Callable[[], bool]) -> None:
-    await _until(ready)
+async def _close_when(
+    client: FreedomPayClient, ready: Callable[[], bool], wait_until: Callable[..., Awaitable[None]]
+) -> None:
+    await wait_until(ready, what="the pays the close must find in flight")
     await client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -143,12 +144,15 @@ def _request(operation: Operation = Operation.STATUS) -> object:
 async def raw_server() -> AsyncIterator[tuple[str, dict[str, object]]]:
     """A tiny aiohttp server whose behaviour a test sets through a dict."""
     behaviour: dict[str, object] = {"mode": "ok"}
+    released = asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
         await request.read()
         mode = behaviour["mode"]
         if mode == "slow":
-            await asyncio.sleep(1.0)
+            # Answer only once the test is over: no timing race with the client's read timeout.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), timeout=60.0)
         if mode == "drop":
             assert request.transport is not None
             request.transport.close()
@@ -172,6 +176,7 @@ async def raw_server() -> AsyncIterator[tuple[str, dict[str, object]]]:
     await site.start()
     port = runner.addresses[0][1]
     yield f"http://127.0.0.1:{port}", behaviour
+    released.set()
     await runner.cleanup()
 
 

@@ -2,8 +2,8 @@
 Replies as models: the one place where reply bytes become a model or an exception.
 
 The invoice API's decoders live in `_invoice` (its docstring states the hardening rules every
-decoder follows); the classic Merchant API's in `_classic` and `_status`, read through
-`_tree`, which uses the same hardened parser.
+decoder follows; `_harden` holds the screen and the parser that apply them); the classic Merchant
+API's in `_classic` and `_status`, read through `_tree`, which uses the same hardened parser.
 xmltodict is imported inside this package and nowhere else.
 """
 
@@ -17,14 +17,9 @@ from freedompay_async._decode._classic import (
     decode_card_remove,
     decode_refund,
 )
-from freedompay_async._decode._invoice import (
-    OrderedNode,
-    decode_info,
-    decode_init,
-    decode_payment,
-    decode_qr,
-    parse_ordered,
-)
+from freedompay_async._decode._harden import OrderedNode, parse_ordered
+from freedompay_async._decode._invoice import decode_info, decode_init, decode_payment
+from freedompay_async._decode._qr import decode_qr
 from freedompay_async._decode._status import decode_payment_status
 
 __all__ = [

@@ -18,7 +18,7 @@ from freedompay_async._classic_models import (
     RemovedCard,
     SavedCard,
 )
-from freedompay_async._decode._invoice import _DEFAULT_MAX_BYTES
+from freedompay_async._decode._harden import _DEFAULT_MAX_BYTES
 from freedompay_async._decode._tree import Tree, check_status, parse_reply
 
 if TYPE_CHECKING:

@@ -29,24 +29,29 @@ never raise.
 Messages never quote the reply: a field's value could be anything, and the exception already keeps
 the first 2 KiB of the body in `.body`. Only the gateway's own `error_description` is quoted.
 
-xmltodict is imported here and nowhere else, and the dict it builds never leaves this module: the
+The byte screen, the DOCTYPE-refusing parser and `parse_ordered` live in `_harden`. xmltodict is
+imported in this package and nowhere else, and the dict it builds never leaves this module: the
 models receive converted values as keywords. Each reply is parsed exactly once.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from datetime import datetime
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
-from urllib.parse import parse_qsl, urlsplit
-from xml.parsers import expat
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import xmltodict
 
+from freedompay_async._decode._harden import (
+    _DECIMAL,
+    _DEFAULT_MAX_BYTES,
+    _HARDENED_EXPAT,
+    _INT,
+    _QUOTE_CHARS,
+    _parser_message,
+    _screen,
+)
+from freedompay_async._decode._qr import decode_qr
 from freedompay_async._exceptions import DecodeError, GatewayError, HTTPStatusError
 from freedompay_async._models import InvoiceInfo, InvoiceInit, InvoicePayment, InvoiceStatus
 from freedompay_async._protocol import Operation
@@ -56,79 +61,10 @@ if TYPE_CHECKING:
     from freedompay_async._protocol import RawResponse
 
 __all__ = [
-    "OrderedNode",
     "decode_info",
     "decode_init",
     "decode_payment",
-    "decode_qr",
-    "parse_ordered",
 ]
-
-#: A parsed element for `parse_ordered`: a leaf's text, or a nested element's children in order.
-OrderedNode: TypeAlias = "str | list[tuple[str, OrderedNode]]"
-
-_DEFAULT_MAX_BYTES = 1 << 20
-#: Deepest nesting `parse_ordered` accepts; its callers walk the tree recursively.
-_MAX_ORDERED_DEPTH = 32
-#: Longest piece of parser or gateway text quoted in a message.
-_QUOTE_CHARS = 200
-
-_INT = re.compile(r"-?[0-9]{1,30}")
-_DECIMAL = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?")
-_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_HTTP_SCHEMES = frozenset({"http", "https"})
-
-
-class _Refused(Exception):
-    """A hardening rule refused the document while it was being parsed."""
-
-    def __init__(self, message: str, tag: str | None = None) -> None:
-        super().__init__(message)
-        self.tag = tag
-
-
-def _refuse_doctype(*_args: object) -> None:
-    """Expat handler: a DOCTYPE the byte check could not see (another encoding) is refused too."""
-    raise _Refused("reply declares a DOCTYPE, which is refused")
-
-
-def _hardened_parser(
-    encoding: str | None = None, namespace_separator: str | None = None
-) -> expat.XMLParserType:
-    """Create an expat parser that refuses any DOCTYPE declaration."""
-    parser = expat.ParserCreate(encoding, namespace_separator)
-    parser.StartDoctypeDeclHandler = _refuse_doctype
-    return parser
-
-
-# xmltodict.parse takes the expat module as an argument (for defusedexpat); this stands in for it.
-_HARDENED_EXPAT = SimpleNamespace(ParserCreate=_hardened_parser)
-
-
-def _screen(body: bytes, max_bytes: int) -> str | None:
-    """
-    Apply the byte-level rules before any parser runs.
-
-    Returns:
-        Why the body is refused, or None when it may be parsed.
-    """
-    if len(body) > max_bytes:
-        return f"reply larger than {max_bytes} bytes (counted after Content-Encoding decoding)"
-    if not body:
-        return "reply body is empty"
-    if b"<!" in body:
-        lowered = body.lower()
-        if b"<!doctype" in lowered or b"<!entity" in lowered:
-            return "reply holds a DOCTYPE or ENTITY declaration, which is refused"
-    return None
-
-
-def _parser_message(exc: Exception) -> str:
-    """Describe a parser failure without quoting the document."""
-    if isinstance(exc, _Refused):
-        return str(exc)
-    return f"reply is not well-formed XML: {str(exc)[:_QUOTE_CHARS]}"
-
 
 # ---------------------------------------------------------------------------------------------
 # decode_*: one reply to one model
@@ -416,125 +352,3 @@ def decode_info(
         qr=qr,
         qr_url=qr_url,
     )
-
-
-def decode_qr(qr: str | None, *, customer_param: str = "customer") -> tuple[str | None, str | None]:
-    """
-    Decode an `invoice_methods/qr` value into the payment-page URL and its customer token.
-
-    The value is base64 (standard alphabet; the URL-safe alphabet and missing padding are
-    tolerated) of a UTF-8 `http(s)://` URL whose *customer_param* query parameter is the token.
-    This never raises: whatever fails to decode comes back as None.
-
-    Args:
-        qr: The raw value, or None.
-        customer_param: The query parameter that holds the customer token.
-
-    Returns:
-        `(url, customer)`: the URL, or None when the value is not base64 of an http(s) URL; the
-        token, or None when the URL lacks exactly one non-empty *customer_param*.
-    """
-    if not qr:
-        return None, None
-    try:
-        packed = "".join(qr.split()).encode("ascii").translate(_URLSAFE_TO_STANDARD)
-        url = base64.b64decode(packed + b"=" * (-len(packed) % 4), validate=True).decode("utf-8")
-        parts = urlsplit(url)
-    except (ValueError, binascii.Error):  # UnicodeError is a ValueError
-        return None, None
-    if parts.scheme not in _HTTP_SCHEMES or not parts.netloc or not _is_clean(url):
-        return None, None
-    try:
-        values = [v for k, v in parse_qsl(parts.query, errors="strict") if k == customer_param]
-    except ValueError:
-        return url, None
-    if len(values) != 1 or not _is_clean(values[0]):
-        return url, None
-    return url, values[0]
-
-
-def _is_clean(text: str) -> bool:
-    """Non-empty, printable and free of spaces: safe to show and to send back as a field."""
-    return bool(text) and text.isprintable() and " " not in text
-
-
-# ---------------------------------------------------------------------------------------------
-# parse_ordered: document order for signatures
-
-
-class _OrderedBuilder:
-    """Expat handlers that build `OrderedNode` trees, keeping every child in document order."""
-
-    __slots__ = ("result", "stack")
-
-    def __init__(self) -> None:
-        # One frame per open element: (name, children so far, text pieces so far).
-        self.stack: list[tuple[str, list[tuple[str, OrderedNode]], list[str]]] = []
-        # Replaced when the root element closes, which a parse that returns has always done.
-        self.result: tuple[str, OrderedNode] = ("", "")
-
-    def start(self, name: str, _attributes: object) -> None:
-        if len(self.stack) >= _MAX_ORDERED_DEPTH:
-            raise _Refused(f"elements nest deeper than {_MAX_ORDERED_DEPTH} levels", name)
-        self.stack.append((name, [], []))
-
-    def characters(self, data: str) -> None:
-        self.stack[-1][2].append(data)
-
-    def end(self, _name: str) -> None:
-        name, children, pieces = self.stack.pop()
-        text = "".join(pieces)
-        node: OrderedNode
-        if children:
-            if text and not text.isspace():
-                raise _Refused(f"<{name}> mixes text and child elements", name)
-            node = children
-        else:
-            node = text
-        if self.stack:
-            self.stack[-1][1].append((name, node))
-        else:
-            self.result = (name, node)
-
-
-def parse_ordered(
-    body: bytes, *, max_bytes: int = _DEFAULT_MAX_BYTES
-) -> tuple[str, list[tuple[str, OrderedNode]]]:
-    """
-    Parse a signed XML document keeping every element in document order.
-
-    Signatures such as `pg_sig` cover values in the order they were sent, and a repeated tag may be
-    interleaved with others (`a, b, a`); a dict cannot keep that, so this walks expat's events
-    itself. Leaf text is kept exactly, whitespace included, because the signature covers it;
-    whitespace between child elements is dropped. Attributes are ignored. The hardening rules of
-    the decoders apply, and nesting is limited to 32 levels.
-
-    Args:
-        body: The document.
-        max_bytes: Largest body accepted.
-
-    Returns:
-        The root's tag and its children as `(tag, node)` pairs in document order, where a node is
-        a leaf's text (`""` for an empty element) or, for a nested element, its own children.
-
-    Raises:
-        DecodeError: The document is refused: too large, a DOCTYPE or ENTITY, not well-formed,
-            text mixed with child elements, nesting too deep, or a root without child elements.
-    """
-    problem = _screen(body, max_bytes)
-    if problem is not None:
-        raise DecodeError(problem, body=body)
-    builder = _OrderedBuilder()
-    parser = _hardened_parser()
-    parser.buffer_text = True
-    parser.StartElementHandler = builder.start
-    parser.EndElementHandler = builder.end
-    parser.CharacterDataHandler = builder.characters
-    try:
-        parser.Parse(body, True)  # noqa: FBT003 - expat's positional `isfinal`
-    except Exception as exc:
-        raise DecodeError(_parser_message(exc), body=body, tag=getattr(exc, "tag", None)) from exc
-    root, node = builder.result
-    if isinstance(node, str):
-        raise DecodeError(f"root element <{root}> holds no child elements", body=body, tag=root)
-    return root, node

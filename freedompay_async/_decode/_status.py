@@ -16,7 +16,7 @@ from freedompay_async._classic_models import (
     RefundEntry,
     RevokeEntry,
 )
-from freedompay_async._decode._invoice import _DEFAULT_MAX_BYTES
+from freedompay_async._decode._harden import _DEFAULT_MAX_BYTES
 from freedompay_async._decode._tree import Tree, check_status, parse_reply
 
 if TYPE_CHECKING:

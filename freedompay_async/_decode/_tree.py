@@ -20,7 +20,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, NoReturn
 
-from freedompay_async._decode._invoice import (
+from freedompay_async._decode._harden import (
     _DECIMAL,
     _INT,
     _QUOTE_CHARS,

@@ -15,11 +15,11 @@ from freedompay_async import (
     PayRequest,
     PollPolicy,
     RetryPolicy,
-    SummaryBuilder,
     Timeouts,
 )
 from freedompay_async.cli import _render
 from freedompay_async.cli._common import EXIT_NOT_PAID, EXIT_OK
+from freedompay_async.reporting import SummaryBuilder
 
 if TYPE_CHECKING:
     import argparse

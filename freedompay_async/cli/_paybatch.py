@@ -9,7 +9,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from freedompay_async import SummaryBuilder
 from freedompay_async.cli import _render
 from freedompay_async.cli._common import (
     DEFAULT_BASE_URL,
@@ -27,11 +26,13 @@ from freedompay_async.cli._signals import Stop
 from freedompay_async.cli._stages import Feeder, RequestCounter, RowKey, Tally
 from freedompay_async.csvinput import CsvInputError, PayCsv, open_pay_csv
 from freedompay_async.records import outcome_record
+from freedompay_async.reporting import SummaryBuilder
 
 if TYPE_CHECKING:
     import argparse
 
-    from freedompay_async import BatchSummary, FreedomPayClient
+    from freedompay_async import FreedomPayClient
+    from freedompay_async.reporting import BatchSummary
 
 _UNKNOWN_STATES = ("pending", "ambiguous")
 _SHOWN_FAILURES = 12

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, Self, TextIO
 
 if TYPE_CHECKING:
-    from freedompay_async import BatchSummary
+    from freedompay_async.reporting import BatchSummary
 
 STATES: Final = ("paid", "failed", "expired", "pending", "ambiguous", "error")
 _STYLES: Final = {

@@ -19,7 +19,7 @@ from freedompay_async.testing._scenario import Fate, Fault
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from freedompay_async.testing._emulator import FreedomPayEmulator
+    from freedompay_async.testing._controls import EmulatorControls
     from freedompay_async.testing._state import InvoiceBook
 
 __all__ = ["AdminApi"]
@@ -49,7 +49,7 @@ def _admin_str(data: Mapping[str, Any], key: str, *, required: bool = False) -> 
 class AdminApi:
     """The admin routes of one emulator."""
 
-    def __init__(self, emulator: FreedomPayEmulator, book: InvoiceBook) -> None:
+    def __init__(self, emulator: EmulatorControls, book: InvoiceBook) -> None:
         self._emulator = emulator
         self._book = book
 
@@ -93,7 +93,7 @@ class AdminApi:
             and route.method != "HEAD"
             and route.resource.canonical != "/_emulator/"
         ]
-        return json_response({"base_url": self._emulator.base_url, "routes": routes})
+        return json_response({"base_url": f"{request.scheme}://{request.host}", "routes": routes})
 
     async def _admin_invoices(self, request: web.Request) -> web.StreamResponse:
         data = await self._admin_json(request)
