@@ -26,6 +26,7 @@ import time
 from typing import Any, Final
 
 from freedompay_async import GatewayError, PayOutcome, PayRequest
+from freedompay_async.facts import TERMINAL_STATES
 from freedompay_async.masking import mask_pan
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
 
 #: The `state` of an intent record.
 INTENT_STATE: Final = "sending"
-#: The states after which an invoice must never be paid again.
-TERMINAL_STATES: Final = frozenset({"paid", "failed", "expired"})
 #: Every record's keys, in order.
 RECORD_FIELDS: Final = (
     "customer",

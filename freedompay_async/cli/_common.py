@@ -20,6 +20,7 @@ from freedompay_async import (
     RateLimiter,
     SignatureError,
 )
+from freedompay_async.facts import DEFAULT_BASE_URL
 from freedompay_async.masking import printable
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ EXIT_CODES_HELP: Final = """exit status:
 SECRET_ENV: Final = "FREEDOMPAY_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
 MERCHANT_ENV: Final = "FREEDOMPAY_MERCHANT_ID"
 BASE_URL_ENV: Final = "FREEDOMPAY_BASE_URL"
-DEFAULT_BASE_URL: Final = "https://api.freedompay.kz"
 
 #: Gateway error codes that no retry and no other row can fix.
 SYSTEMIC_CODES: Final = {

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from freedompay_async import SummaryBuilder
 from freedompay_async.cli import _render
 from freedompay_async.cli._common import (
-    DEFAULT_BASE_URL,
     EXIT_NOT_PAID,
     EXIT_OK,
     EXIT_UNKNOWN,
@@ -26,6 +25,7 @@ from freedompay_async.cli._journal import STDOUT, Journal, open_journal, read_jo
 from freedompay_async.cli._signals import Stop
 from freedompay_async.cli._stages import Feeder, RequestCounter, RowKey, Tally
 from freedompay_async.csvinput import CsvInputError, PayCsv, open_pay_csv
+from freedompay_async.facts import DEFAULT_BASE_URL, UNSETTLED_STATES
 from freedompay_async.records import outcome_record
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from freedompay_async import BatchSummary, FreedomPayClient
 
-_UNKNOWN_STATES = ("pending", "ambiguous")
+_UNKNOWN_STATES = UNSETTLED_STATES
 _SHOWN_FAILURES = 12
 
 
