@@ -73,7 +73,7 @@ __all__ = ["STATES", "BatchSummary", "SummaryBuilder", "run_batch"]
 logger = logging.getLogger("freedompay_async")
 
 #: Every `PayOutcome.state`, in the order summaries show them.
-STATES: Final = OUTCOME_STATES
+STATES: Final[tuple[str, ...]] = OUTCOME_STATES
 
 #: Prefix of the names of the tasks a batch owns (tests look for leftovers by it).
 TASK_NAME_PREFIX: Final = "freedompay-batch"

@@ -23,7 +23,7 @@ pytest.importorskip("arq", reason="the 'arq' extra is not installed")
 
 import aiohttp
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.worker import Retry, Worker
+from arq.worker import Retry, Worker, get_kwargs
 from redis.asyncio import Redis
 from redis_server import RedisServer
 
@@ -51,6 +51,7 @@ from freedompay_async.contrib.arq import (
     main,
     outcome_to_dict,
     pay_invoice_job,
+    startup,
     wait_for_outcomes,
     worker_settings,
 )
@@ -536,18 +537,44 @@ async def test_without_the_extra_enqueue_explains_how_to_install(monkeypatch, ca
 
 
 @pytest.mark.blocking_ok  # argparse looks for translations on disk
-def test_a_broken_worker_environment_does_not_break_the_command_line(monkeypatch, capsys) -> None:
-    """If the arq module fails to import (bad FREEDOMPAY_* value), enqueue says why, exit 2."""
+def test_a_broken_worker_environment_does_not_break_the_command_line(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    """A bad FREEDOMPAY_* value breaks neither the import nor `enqueue`; arq's settings name it."""
     from freedompay_async import contrib
 
     monkeypatch.delattr(contrib, "arq", raising=False)
     monkeypatch.delitem(sys.modules, "freedompay_async.contrib.arq")
     monkeypatch.setenv("FREEDOMPAY_MAX_JOBS", "many")
+    arq_package = importlib.import_module("freedompay_async.contrib.arq")
     parser = argparse.ArgumentParser()
     add_any_enqueue_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["enqueue", "in.csv"])
+    args = parser.parse_args(["enqueue", str(tmp_path / "none.csv")])
     assert args.func(args) == 2
-    assert "FREEDOMPAY_MAX_JOBS must be a number" in capsys.readouterr().err
+    assert "none.csv: no such file" in capsys.readouterr().err
+    with pytest.raises(ConfigurationError, match="FREEDOMPAY_MAX_JOBS must be a number"):
+        _ = arq_package.WorkerSettings
+
+
+def test_worker_settings_read_the_environment_when_looked_up(monkeypatch) -> None:
+    """`WorkerSettings` reflects the environment at lookup (arq's start), not at import."""
+    import freedompay_async.contrib.arq as arq_package
+
+    monkeypatch.setenv("FREEDOMPAY_QUEUE", "late:queue")
+    monkeypatch.setenv("FREEDOMPAY_MAX_JOBS", "7")
+    monkeypatch.setenv("FREEDOMPAY_JOB_TIMEOUT", "42")
+    monkeypatch.setenv("FREEDOMPAY_REDIS_URL", "redis://127.0.0.1:6390/3")
+    settings = arq_package.WorkerSettings
+    assert (settings.queue_name, settings.max_jobs, settings.job_timeout) == ("late:queue", 7, 42)
+    assert (settings.redis_settings.port, settings.redis_settings.database) == (6390, 3)
+    assert settings.functions[0].name == JOB_NAME
+    assert settings.functions[0].timeout_s == 42
+    kwargs = get_kwargs(settings)  # what `arq ...WorkerSettings` passes to Worker
+    assert kwargs["queue_name"] == "late:queue"
+    assert kwargs["on_startup"] is startup
+    assert kwargs["keep_result"] == 0
+    monkeypatch.setenv("FREEDOMPAY_QUEUE", "later:queue")
+    assert arq_package.WorkerSettings.queue_name == "later:queue"
 
 
 # -- two worker processes, one killed -------------------------------------------------------

@@ -17,7 +17,7 @@ from freedompay_async.facts import OUTCOME_STATES
 if TYPE_CHECKING:
     from freedompay_async import BatchSummary
 
-STATES: Final = OUTCOME_STATES
+STATES: Final[tuple[str, ...]] = OUTCOME_STATES
 _STYLES: Final = {
     "paid": "green",
     "failed": "red",
