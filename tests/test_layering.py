@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "facts": set(),
     "settlement": {"_models", "_exceptions", "facts"},
     "_protocol": {"signing", "_config", "_models", "_exceptions", "_validate", "masking"},
-    "_validate": {"_models", "_exceptions"},
+    "_validate": {"_models", "_exceptions", "facts"},
     "_inflate": set(),
     "_decode": {"_protocol", "_models", "_exceptions", "masking", "signing", "_classic_models"},
     "_classic_models": {"masking"},
@@ -66,7 +66,7 @@ ALLOWED: dict[str, set[str]] = {
         "facts",
     },
     "callbacks": {"signing", "_decode", "_exceptions"},
-    "csvinput": {"__init__"},
+    "csvinput": {"__init__", "masking"},
     "records": {"__init__", "masking", "facts"},
     "cli": {
         "__init__",

@@ -86,7 +86,7 @@ def check_base_url(url: str) -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise UsageError(f"--base-url {url!r}: {exc}; e.g. https://api.freedompay.kz") from None
+        raise UsageError(f"--base-url {url!r}: {exc}; e.g. {DEFAULT_BASE_URL}") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise UsageError(f"--base-url {url!r}: give an http:// or https:// URL with a host")
     if port == 0:
