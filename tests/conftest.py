@@ -64,3 +64,15 @@ def make_client(emulator: FreedomPayEmulator) -> Callable[..., FreedomPayClient]
         return FreedomPayClient(emulator.merchant_id, emulator.secret_key, **options)
 
     return factory
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """One real redis-server on 127.0.0.1 per test module (skips when it is not installed)."""
+    from redis_server import RedisServer
+
+    with RedisServer.running() as server:
+        yield server.url
