@@ -10,6 +10,7 @@ import csv
 import importlib.util
 import json
 import os
+import pickle
 import signal
 import sys
 import time
@@ -353,6 +354,15 @@ def test_outcomes_carry_no_card_token_and_a_masked_pan() -> None:
     assert masked["card_pan"] == "440564******6150"
     assert repr(MaskedToken("card-secret-1234")) == "'…1234'"
     assert repr(MaskedToken("abc")) == "'…'"
+
+
+def test_a_queued_token_pickles_under_the_public_module_path() -> None:
+    """MaskedToken pickles as freedompay_async.contrib.arq.MaskedToken and round-trips."""
+    data = pickle.dumps(MaskedToken("card-secret-1234"))
+    assert b"freedompay_async.contrib.arq._" not in data
+    assert b"freedompay_async.contrib.arq" in data
+    again = pickle.loads(data)
+    assert (type(again), again) == (MaskedToken, "card-secret-1234")
     assert job_id_for("c1") == "freedompay:pay:c1"
 
 

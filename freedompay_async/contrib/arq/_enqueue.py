@@ -38,6 +38,11 @@ class MaskedToken(str):
         return f"'{mask_token(self)}'"
 
 
+# Queued jobs pickle this class by name: name the public path, which every release of the
+# workers can import, so jobs queued by one release run on the next.
+MaskedToken.__module__ = "freedompay_async.contrib.arq"
+
+
 def job_id_for(customer: str, *, prefix: str = JOB_ID_PREFIX) -> str:
     """
     Return the arq job id of *customer*'s pay: the same id for the same customer, always.
