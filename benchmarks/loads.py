@@ -15,7 +15,8 @@ read the XML reply and check `status=ok`. They differ only in how:
 Rows 1-3 are driven by `concurrency` worker tasks that take request numbers from one shared
 iterator; row 4 is driven by the SDK's own workers. The connection pool holds
 `min(concurrency, 100)` connections in every row (aiohttp's default limit; the SDK's
-`max_concurrency`).
+`max_concurrency`) unless a row is given its own `limit` (the latency-bound scenario sizes the
+pool to its in-flight count).
 """
 
 from __future__ import annotations
@@ -96,9 +97,9 @@ def sign(payload: bytes) -> str:
 class _SessionRow:
     """A hand-written row's lifecycle: one aiohttp session with a pool sized for the level."""
 
-    def __init__(self, base_url: str, concurrency: int) -> None:
+    def __init__(self, base_url: str, concurrency: int, *, limit: int | None = None) -> None:
         self._url = base_url + PAY_PATH
-        self._limit = pool_size(concurrency)
+        self._limit = pool_size(concurrency) if limit is None else limit
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -241,14 +242,16 @@ def parse_flat(raw: bytes) -> dict[str, str | None]:
 class SdkRow:
     """`FreedomPayClient.pay_invoice` with the default policies, from worker tasks."""
 
-    def __init__(self, base_url: str, concurrency: int, **options: Any) -> None:
+    def __init__(
+        self, base_url: str, concurrency: int, *, limit: int | None = None, **options: Any
+    ) -> None:
         from freedompay_async import FreedomPayClient
 
         self.client = FreedomPayClient(
             MERCHANT_ID,
             SECRET_KEY,
             base_url=base_url,
-            max_concurrency=pool_size(concurrency),
+            max_concurrency=pool_size(concurrency) if limit is None else limit,
             **options,
         )
 

@@ -829,10 +829,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every row once, small counts")
     parser.add_argument("--output", type=Path, default=None, help="where to write the report")
     parser.add_argument("--repeats", type=int, default=None, help="override the repeat count")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="override the time budget in seconds"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.repeats is not None:
         plan = Plan(**{**plan.__dict__, "repeats": max(1, args.repeats)})
+    if args.budget is not None:
+        plan = Plan(**{**plan.__dict__, "budget": max(plan.reserve + 10.0, args.budget)})
     output = args.output or (
         HERE / "out" / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md"
     )

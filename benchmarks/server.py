@@ -8,7 +8,13 @@ costs a few microseconds per request and is never the bottleneck. `GET /_cpu` an
 process's own CPU seconds (user + system), which the load generator reads before and after its
 measured phase to report the server's CPU share.
 
-Run it as `python benchmarks/server.py [--cpu N] [--uvloop] [--max-seconds S]`; it prints
+With `--delay SECONDS` every reply is held back that long before it is written, as a slow gateway
+would (one `loop.call_later` per batch of replies, never a sleep per connection), so a client's
+ideal rate is its in-flight count divided by the delay; `GET /_held` answers how many replies
+are being held at that moment (`/_cpu` and `/_held` are never delayed).
+
+Run it as `python benchmarks/server.py [--cpu N] [--uvloop] [--delay S] [--max-seconds S]`; it
+prints
 `PORT <port>` once it listens on 127.0.0.1 and exits when its parent dies or after
 `--max-seconds`.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import sys
 
 PAY_PATH = b"/v5/merchant/invoice/pay"
@@ -62,6 +69,17 @@ def _cpu_reply() -> bytes:
     return _response(b"200 OK", b"text/plain", f"{times.user + times.system:.6f}\n".encode())
 
 
+class _Hold:
+    """The reply delay of this process and the number of replies being held back."""
+
+    delay = 0.0
+    held = 0
+
+
+def _held_reply() -> bytes:
+    return _response(b"200 OK", b"text/plain", f"{_Hold.held}\n".encode())
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; parses requests with Content-Length or chunked bodies."""
 
@@ -99,10 +117,23 @@ class _Conn(asyncio.Protocol):
             del buf[:consumed]
             if not buf:
                 break
-        if out:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
-            if out[-1] is BAD_REQUEST:
-                transport.close()
+        if not out:
+            return
+        delayed = sum(1 for reply in out if reply is REPLY)
+        if _Hold.delay > 0 and delayed:
+            _Hold.held += delayed
+            asyncio.get_running_loop().call_later(_Hold.delay, self._write, out, delayed)
+        else:
+            self._write(out, 0)
+
+    def _write(self, out: list[bytes], delayed: int) -> None:
+        _Hold.held -= delayed
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if out[-1] is BAD_REQUEST:
+            transport.close()
 
     def _one_request(self, head_end: int, out: list[bytes]) -> int:
         """Answer one request whose head ends at *head_end*; return the bytes it used, or -1."""
@@ -140,6 +171,8 @@ class _Conn(asyncio.Protocol):
             out.append(REPLY)
         elif method == b"get" and path == b"/_cpu":
             out.append(_cpu_reply())
+        elif method == b"get" and path == b"/_held":
+            out.append(_held_reply())
         else:
             out.append(NOT_FOUND)
         return end
@@ -164,7 +197,8 @@ class _Conn(asyncio.Protocol):
 
 async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Conn, "127.0.0.1", args.port, backlog=4096)
+    # The kernel caps the backlog at net.core.somaxconn; asking for more costs nothing.
+    server = await loop.create_server(_Conn, "127.0.0.1", args.port, backlog=16384)
     port = server.sockets[0].getsockname()[1]
     print(f"PORT {port}", flush=True)
     parent = os.getppid()
@@ -176,13 +210,31 @@ async def _serve(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.5)
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's open-files soft limit to its hard limit; return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft and (hard == resource.RLIM_INFINITY or hard > soft):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this core")
     parser.add_argument("--uvloop", action="store_true", help="use uvloop when it is installed")
     parser.add_argument("--max-seconds", type=float, default=1200.0)
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="hold every pay/status reply back this long"
+    )
     args = parser.parse_args(argv)
+    _Hold.delay = max(0.0, args.delay)
+    raise_open_files_limit()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     runner = asyncio.run

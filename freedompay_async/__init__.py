@@ -13,6 +13,7 @@ helpers, `freedompay_async.testing` the emulator.
 
 from __future__ import annotations
 
+import logging
 from importlib import metadata
 
 from freedompay_async._batch import BatchSummary, SummaryBuilder
@@ -72,6 +73,10 @@ try:
     __version__ = metadata.version("freedompay-async")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0"
+
+# A library never prints on its own: the application configures logging (Python's "last resort"
+# handler would otherwise print the SDK's warnings to stderr of a plain script).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AmbiguousPaymentError",

@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from freedompay_async import callbacks
 from freedompay_async._decode import parse_ordered
 from freedompay_async._exceptions import ConfigurationError, DecodeError, SignatureError
 from freedompay_async.callbacks import (
@@ -29,6 +28,7 @@ from freedompay_async.callbacks import (
     parse_notification,
     parse_result,
 )
+from freedompay_async.callbacks._fields import flatten_params
 from freedompay_async.signing import Element, pg_sig, verify_pg_sig
 
 if TYPE_CHECKING:
@@ -370,7 +370,7 @@ def test_nesting_is_bounded() -> None:
     for _ in range(40):
         value = {"a": value}
     with pytest.raises(DecodeError):
-        callbacks._flatten_params("cart", value, {})
+        flatten_params("cart", value, {})
 
 
 def test_group_where_a_value_belongs_is_refused() -> None:
@@ -481,6 +481,15 @@ def test_build_reply_refuses_bad_arguments(kwargs: dict[str, Any]) -> None:
 # --- answering and the replay guard --------------------------------------------------------------
 
 
+async def until(condition: Callable[[], bool], *, limit: int = 1_000) -> None:
+    """Yield to the event loop until *condition* holds; fail if it never does (no clock)."""
+    for _ in range(limit):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
 class Recorder:
     """A business callback that records what it saw and answers as told."""
 
@@ -535,8 +544,8 @@ async def test_concurrent_deliveries_call_the_callback_once() -> None:
         asyncio.create_task(handler.answer(signed(result_pairs()), script_name="result.php"))
         for _ in range(5)
     ]
-    for _ in range(20):  # let every delivery reach the guard
-        await asyncio.sleep(0)
+    # Tasks start in creation order: once the first is in the callback, the rest reached the guard.
+    await until(lambda: len(on_result.seen) == 1)
     on_result.gate.set()
     replies = await asyncio.gather(*tasks)
     assert len(set(replies)) == 1
@@ -572,8 +581,7 @@ async def test_waiters_see_the_failure_of_the_first_delivery() -> None:
         asyncio.create_task(handler.answer(signed(result_pairs()), script_name="result.php"))
         for _ in range(2)
     ]
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await until(lambda: len(on_result.seen) == 1)
     on_result.gate.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
@@ -586,8 +594,7 @@ async def test_cancelled_delivery_is_not_remembered() -> None:
     on_result.gate = asyncio.Event()
     handler = CallbackHandler(secret_key=KEY, on_result=on_result)
     first = asyncio.create_task(handler.answer(signed(result_pairs()), script_name="result.php"))
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await until(lambda: len(on_result.seen) == 1)
     waiter = asyncio.create_task(handler.answer(signed(result_pairs()), script_name="result.php"))
     for _ in range(5):
         await asyncio.sleep(0)

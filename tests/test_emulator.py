@@ -584,10 +584,9 @@ async def test_delay_before_commit_still_processes_after_the_client_gave_up(api,
     with pytest.raises(TimeoutError):
         await api.pay(customer, read_timeout=0.05)
     assert emu.charges(customer) == 0
-    for _ in range(50):
-        if emu.charges(customer):
-            break
-        await asyncio.sleep(0.02)
+    async with asyncio.timeout(10):
+        await emu.wait_until(lambda: emu.charges(customer) > 0)
+        await emu.wait_idle()
     assert emu.charges(customer) == 1
 
 
@@ -610,16 +609,45 @@ async def test_close_ends_pending_delays_promptly(session):
     customer = emulator.create_invoice()
     emulator.inject(Fault.delay(30))
     task = asyncio.create_task(api.pay(customer, read_timeout=10))
-    for _ in range(100):
-        if emulator.stats.in_flight:
-            break
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):  # committed, now held by the delay
+        await emulator.wait_until(lambda: emulator.charges(customer) == 1)
+    assert emulator.stats.in_flight == 1
     started = time.monotonic()
     await emulator.close()
     assert time.monotonic() - started < 2
     with pytest.raises(aiohttp.ClientError):
         await task
     assert emulator.charges(customer) == 1
+
+
+async def test_wait_idle_returns_once_a_held_request_is_processed(api, emu):
+    """wait_idle waits for a request held by a delay fault, and returns after it committed."""
+    customer = emu.create_invoice()
+    emu.inject(Fault.delay(0.3, after_commit=False))
+    task = asyncio.create_task(api.pay(customer, read_timeout=10))
+    async with asyncio.timeout(10):
+        await emu.wait_until(lambda: emu.stats.in_flight == 1)
+        assert emu.charges(customer) == 0
+        await emu.wait_idle()
+    assert emu.stats.in_flight == 0
+    assert emu.charges(customer) == 1
+    assert (await task).xml["invoice_status"] == OK
+
+
+async def test_wait_idle_and_wait_until_return_at_once_when_already_true(emu):
+    """With nothing in flight, wait_idle returns without waiting; so does a true condition."""
+    async with asyncio.timeout(1):
+        await emu.wait_idle()
+        await emu.wait_until(lambda: True)
+
+
+async def test_wait_until_is_bounded_by_the_callers_timeout(emu):
+    """A condition that never holds keeps wait_until waiting until the caller's timeout."""
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await emu.wait_until(lambda: False)
+    assert time.monotonic() - started >= 0.15
 
 
 async def test_malformed_xml_fault(api, emu):

@@ -65,7 +65,7 @@ ALLOWED: dict[str, set[str]] = {
         "_transport",
         "facts",
     },
-    "callbacks": {"signing", "_decode", "_exceptions"},
+    "callbacks": {"signing", "_decode", "_exceptions", "masking"},
     "csvinput": {"__init__", "masking"},
     "records": {"__init__", "masking", "facts"},
     "cli": {

@@ -31,7 +31,8 @@ from freedompay_async.testing._classic_server import CLASSIC_OPERATIONS, Classic
 from freedompay_async.testing._classic_wire import ClassicRecord
 from freedompay_async.testing._clock import VirtualClock
 from freedompay_async.testing._emulator import EmulatorStats, FreedomPayEmulator, RequestRecord
-from freedompay_async.testing._scenario import Fate, Fault
+from freedompay_async.testing._fault import Fault
+from freedompay_async.testing._scenario import Fate
 
 __all__ = [
     "CLASSIC_OPERATIONS",

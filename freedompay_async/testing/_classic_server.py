@@ -55,7 +55,7 @@ from freedompay_async.testing._classic_wire import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from freedompay_async.testing._scenario import Fault
+    from freedompay_async.testing._fault import Fault
 
 __all__ = ["CLASSIC_OPERATIONS", "ClassicGateway"]
 

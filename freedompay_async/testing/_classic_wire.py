@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from freedompay_async.testing._classic_state import Payment
-    from freedompay_async.testing._scenario import Fault
+    from freedompay_async.testing._fault import Fault
 
 __all__ = [
     "BadFormError",

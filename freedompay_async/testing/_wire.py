@@ -1,11 +1,8 @@
 """
-The emulator's side of the wire: request bodies in, XML replies out.
+The emulator's side of the wire: the JWS header in, XML replies out (pure; no aiohttp).
 
-Bodies are read as the gateway would read them: `multipart/form-data` with aiohttp's own
-multipart reader, or `application/json` with `json`. The JWS payload of a multipart request is
-rebuilt from its fields in the order received, every value as the string that was sent; the
-payload of a JSON request is its raw body. Replies are written by hand, one `<root>` with one
-element per field, every value escaped.
+Replies are written by hand, one `<root>` with one element per field, every value escaped.
+Request bodies are read in `_http`, the aiohttp glue.
 """
 
 from __future__ import annotations
@@ -14,112 +11,29 @@ import base64
 import binascii
 import json
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 from xml.sax.saxutils import escape
 
-from aiohttp import BodyPartReader
-
-from freedompay_async.signing import jws_payload
 from freedompay_async.testing._state import FAILED, OK
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from aiohttp import web
-
     from freedompay_async.testing._state import Invoice
 
 __all__ = [
-    "BadRequestError",
     "XmlItem",
     "decode_jws_header",
     "error_items",
     "gateway_dt",
     "invoice_items",
     "qr_value",
-    "read_fields",
     "xml_body",
 ]
 
-MAX_BODY_BYTES: Final = 1 << 20
-MAX_FIELDS: Final = 64
 GATEWAY_TZ: Final = timezone(timedelta(hours=5))
 
 XmlItem = tuple[str, "str | Sequence[tuple[str, str]] | None"]
-
-
-class BadRequestError(ValueError):
-    """The request body cannot be read as fields (answered as error code 200)."""
-
-
-def _text(name: str, value: object) -> str:
-    """Return a JSON field value as the text the gateway would see."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or value is None:
-        raise BadRequestError(f"field {name} must be a string or a number")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    raise BadRequestError(f"field {name} must be a string or a number")
-
-
-async def read_fields(request: web.Request) -> tuple[list[tuple[str, str]], bytes]:
-    """
-    Read a request's fields in the order received, and the payload its signature must cover.
-
-    Args:
-        request: The incoming request.
-
-    Returns:
-        The (name, text value) pairs and the JWS payload bytes.
-
-    Raises:
-        BadRequestError: The body is too large, not multipart or JSON, or malformed.
-    """
-    length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise BadRequestError("body too large")
-    content_type = request.content_type
-    if content_type == "application/json":
-        raw = await request.read()
-        return _json_fields(raw), raw
-    if content_type == "multipart/form-data":
-        try:
-            fields = await _multipart_fields(request)
-        except BadRequestError:
-            raise
-        except (ValueError, LookupError, AssertionError) as exc:
-            raise BadRequestError("malformed multipart body") from exc
-        return fields, jws_payload(fields)
-    raise BadRequestError("Content-Type must be multipart/form-data or application/json")
-
-
-def _json_fields(raw: bytes) -> list[tuple[str, str]]:
-    try:
-        data = json.loads(raw, parse_float=Decimal)
-    except ValueError as exc:
-        raise BadRequestError("body is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise BadRequestError("JSON body must be an object")
-    return [(str(name), _text(str(name), value)) for name, value in data.items()]
-
-
-async def _multipart_fields(request: web.Request) -> list[tuple[str, str]]:
-    fields: list[tuple[str, str]] = []
-    reader = await request.multipart()
-    for _ in range(MAX_FIELDS + 1):
-        part = await reader.next()
-        if part is None:
-            return fields
-        if len(fields) == MAX_FIELDS:
-            break
-        if not isinstance(part, BodyPartReader) or not part.name:
-            raise BadRequestError("every part must be a named form field")
-        fields.append((part.name, await part.text()))
-    raise BadRequestError("too many fields")
 
 
 def decode_jws_header(signature: str | None) -> dict[str, object]:
