@@ -53,6 +53,7 @@ import attrs
 
 from freedompay_async._exceptions import ConfigurationError, FreedomPayError
 from freedompay_async._models import BatchProgress, PayOutcome
+from freedompay_async.facts import OUTCOME_STATES, is_integer
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -72,7 +73,7 @@ __all__ = ["STATES", "BatchSummary", "SummaryBuilder", "run_batch"]
 logger = logging.getLogger("freedompay_async")
 
 #: Every `PayOutcome.state`, in the order summaries show them.
-STATES: Final = ("paid", "failed", "expired", "pending", "ambiguous", "error")
+STATES: Final[tuple[str, ...]] = OUTCOME_STATES
 
 #: Prefix of the names of the tasks a batch owns (tests look for leftovers by it).
 TASK_NAME_PREFIX: Final = "freedompay-batch"
@@ -263,7 +264,7 @@ async def run_batch(
         Exception: Whatever `pay_one` (other than a `FreedomPayError`), the input iterator or
             `on_progress` raised, unwrapped.
     """
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+    if not is_integer(concurrency) or concurrency < 1:
         raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
     counters = _Counters()
     room = asyncio.Semaphore(concurrency)

@@ -39,6 +39,7 @@ from freedompay_async._classic_models import (
     SavedCard,
 )
 from freedompay_async._exceptions import ConfigurationError
+from freedompay_async.facts import is_integer
 from freedompay_async.signing import pg_sig, script_name_from_url
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class ClassicOptions:
         if not isinstance(self.verify_replies, bool):
             raise ConfigurationError("verify_replies must be True or False")
         size = self.max_response_bytes
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        if not is_integer(size) or size <= 0:
             raise ConfigurationError("max_response_bytes must be a positive integer")
 
 

@@ -53,6 +53,7 @@ from freedompay_async._models import (
 from freedompay_async._protocol import Field, Operation, OutgoingRequest, RawResponse, build_request
 from freedompay_async._retry import CircuitBreaker, RetryBudget
 from freedompay_async._transport import Transport
+from freedompay_async.facts import DEFAULT_BASE_URL, is_integer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
@@ -67,7 +68,6 @@ __all__ = ["DEFAULT_BASE_URL", "FreedomPayClient", "InMemoryPayGuard", "PayGuard
 
 logger = logging.getLogger("freedompay_async")
 
-DEFAULT_BASE_URL = "https://api.freedompay.kz"
 
 _T = TypeVar("_T")
 
@@ -151,9 +151,9 @@ class FreedomPayClient:
         guard: PayGuard | None = None,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
-        if isinstance(merchant_id, bool) or not isinstance(merchant_id, str | int):
+        if not (is_integer(merchant_id) or isinstance(merchant_id, str)):
             raise ConfigurationError("merchant_id must be a string or an integer")
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+        if not is_integer(max_concurrency):
             raise ConfigurationError("max_concurrency must be an integer >= 1")
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -459,7 +459,7 @@ class FreedomPayClient:
             raise ConfigurationError("give exactly one of customer, order_id or invoice_id")
         name, value = given[0]
         if name == "invoice_id":
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_integer(value):
                 raise ConfigurationError("invoice_id must be an integer")
         else:
             _check_text(name, value, max_len=255)
@@ -704,7 +704,7 @@ class FreedomPayClient:
 
         if concurrency is None:
             concurrency = self.max_concurrency
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        if not is_integer(concurrency) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
         workers = min(concurrency, self.max_concurrency)
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from freedompay_async._exceptions import ConfigurationError
+from freedompay_async.facts import is_integer, is_number
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -84,7 +85,7 @@ def _seconds(
     """Check that *value* is a finite, positive number of seconds (or None when allowed)."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise ConfigurationError(f"{name} must be a number of seconds, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -97,7 +98,7 @@ def _positive_int(name: str, value: object, *, allow_none: bool = False) -> None
     """Check that *value* is an int >= 1 (or None when allowed)."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
 
 
@@ -226,7 +227,7 @@ class PollPolicy:
         _seconds("PollPolicy.interval", self.interval)
         _seconds("PollPolicy.max_interval", self.max_interval)
         _seconds("PollPolicy.timeout", self.timeout, allow_zero=True)
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
+        if not is_number(self.factor):
             raise ConfigurationError("PollPolicy.factor must be a number")
         if not math.isfinite(self.factor) or self.factor < 1:
             raise ConfigurationError(f"PollPolicy.factor must be >= 1, got {self.factor!r}")

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from freedompay_async._exceptions import ConfigurationError
 from freedompay_async._models import CLAIM_GRANTED, PayClaim
+from freedompay_async.facts import is_integer
 
 __all__ = ["InMemoryPayGuard", "PayGuard", "RateLimiter"]
 
@@ -68,7 +69,7 @@ class InMemoryPayGuard:
     """
 
     def __init__(self, *, remember: int = 100_000) -> None:
-        if isinstance(remember, bool) or not isinstance(remember, int) or remember < 0:
+        if not is_integer(remember) or remember < 0:
             raise ConfigurationError(f"remember must be an integer >= 0, got {remember!r}")
         self._remember = remember
         self._in_flight: set[str] = set()

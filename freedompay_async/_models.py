@@ -9,7 +9,7 @@ keywords, and the models only check invariants. Outcomes such as a declined card
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -20,6 +20,12 @@ from freedompay_async._exceptions import (
     PaymentPending,
 )
 from freedompay_async._payment import InvoiceInfo, InvoicePayment, InvoiceStatus, PayClaim
+from freedompay_async.facts import (
+    STATE_BY_INVOICE_STATUS,
+    TERMINAL_STATES,
+    OutcomeState,
+    is_integer,
+)
 from freedompay_async.masking import mask_token
 
 if TYPE_CHECKING:
@@ -87,15 +93,6 @@ class PayRequest:
     key: object = None
 
 
-OutcomeState = Literal["paid", "failed", "expired", "pending", "ambiguous", "error"]
-
-_STATE_BY_STATUS: dict[InvoiceStatus, OutcomeState] = {
-    InvoiceStatus.OK: "paid",
-    InvoiceStatus.FAILED: "failed",
-    InvoiceStatus.INCOMPLETE: "expired",
-}
-
-
 def payment_state(payment: InvoicePayment) -> OutcomeState:
     """
     Classify a payment that ended without an error.
@@ -106,7 +103,7 @@ def payment_state(payment: InvoicePayment) -> OutcomeState:
     Returns:
         `paid`, `failed` or `expired` for a terminal status, else `pending`.
     """
-    return _STATE_BY_STATUS.get(payment.invoice_status, "pending")
+    return STATE_BY_INVOICE_STATUS.get(payment.invoice_status.value, "pending")
 
 
 @attrs.frozen(kw_only=True)
@@ -149,7 +146,7 @@ class PayOutcome:
     @property
     def is_terminal(self) -> bool:
         """Whether the invoice's fate is settled (`paid`, `failed` or `expired`)."""
-        return self.state in ("paid", "failed", "expired")
+        return self.state in TERMINAL_STATES
 
 
 @attrs.frozen(kw_only=True)
@@ -190,7 +187,7 @@ def parse_amount(value: object) -> Decimal:
         ConfigurationError: A float, a non-number, a value <= 0, above `MAX_AMOUNT`, or more than
             two decimals.
     """
-    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+    if not (is_integer(value) or isinstance(value, Decimal)):
         raise ConfigurationError(
             f"amount must be a Decimal (floats lose cents), got {type(value).__name__}"
         )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from freedompay_async._exceptions import ConfigurationError
 from freedompay_async._models import MAX_AMOUNT
+from freedompay_async.facts import is_integer
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -109,7 +110,7 @@ def check_fields(fields: Iterable[tuple[str, str | int | Decimal]]) -> None:
             check_text(name, value)
         elif isinstance(value, Decimal):
             _check_amount(name, value)
-        elif isinstance(value, int) and not isinstance(value, bool):
+        elif is_integer(value):
             if not 0 < value <= MAX_INT:
                 raise ConfigurationError(f"{name} must be between 1 and {MAX_INT}")
         else:

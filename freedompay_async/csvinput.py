@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, Self
 import attrs
 
 from freedompay_async import ConfigurationError, PayRequest
+from freedompay_async.masking import mask_token
 
 if TYPE_CHECKING:
     import io
@@ -77,7 +78,7 @@ def _rebuild_csv_error(message: str, path: Path, line: int | None) -> CsvInputEr
 
 
 def _token_repr(token: str) -> str:
-    return f"'…{token[-4:]}'" if len(token) > 8 else "'…'"  # noqa: PLR2004 - show 4 of 9+
+    return f"'{mask_token(token)}'"
 
 
 @attrs.frozen(kw_only=True)

@@ -26,6 +26,7 @@ import time
 from typing import Any, Final
 
 from freedompay_async import GatewayError, PayOutcome, PayRequest
+from freedompay_async.facts import TERMINAL_STATES
 from freedompay_async.masking import mask_pan
 
 __all__ = [
@@ -33,14 +34,13 @@ __all__ = [
     "RECORD_FIELDS",
     "TERMINAL_STATES",
     "intent_record",
+    "invalid_record",
     "jsonable",
     "outcome_record",
 ]
 
 #: The `state` of an intent record.
 INTENT_STATE: Final = "sending"
-#: The states after which an invoice must never be paid again.
-TERMINAL_STATES: Final = frozenset({"paid", "failed", "expired"})
 #: Every record's keys, in order.
 RECORD_FIELDS: Final = (
     "customer",
@@ -81,12 +81,14 @@ def jsonable(value: object) -> object:
     return str(value)
 
 
-def _blank(request: PayRequest, *, line: int | None, key: object, source: str) -> dict[str, Any]:
+def _blank(
+    customer: str | None, user_id: str | None, key: object, *, line: int | None, source: str
+) -> dict[str, Any]:
     record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
     record.update(
-        customer=request.customer,
-        user_id=request.user_id,
-        key=jsonable(request.key if key is None else key),
+        customer=customer,
+        user_id=user_id,
+        key=jsonable(key),
         line=line,
         source=source,
         attempts=0,
@@ -117,7 +119,14 @@ def outcome_record(
     Returns:
         The record; its keys are `RECORD_FIELDS`.
     """
-    record = _blank(outcome.request, line=line, key=key, source=source)
+    request = outcome.request
+    record = _blank(
+        request.customer,
+        request.user_id,
+        request.key if key is None else key,
+        line=line,
+        source=source,
+    )
     payment = outcome.payment
     error = outcome.error
     record.update(state=outcome.state, attempts=outcome.attempts, claim=claim)
@@ -154,6 +163,44 @@ def intent_record(
     Returns:
         The record; its keys are `RECORD_FIELDS`.
     """
-    record = _blank(request, line=line, key=key, source="intent")
+    record = _blank(
+        request.customer,
+        request.user_id,
+        request.key if key is None else key,
+        line=line,
+        source="intent",
+    )
     record["state"] = INTENT_STATE
+    return record
+
+
+def invalid_record(
+    *,
+    customer: object,
+    user_id: object,
+    key: object,
+    error: BaseException,
+    line: int | None = None,
+) -> dict[str, Any]:
+    """
+    Describe a request refused before it could be built (an invalid field): nothing was sent.
+
+    Args:
+        customer: The customer as given (kept only if it is a string).
+        user_id: The user id as given (kept only if it is a string).
+        key: The correlation key.
+        error: Why the request was refused (its class and message are recorded).
+        line: Its CSV line, when it came from one.
+
+    Returns:
+        The record (state `error`, source `pay`, no attempts); its keys are `RECORD_FIELDS`.
+    """
+    record = _blank(
+        customer if isinstance(customer, str) else None,
+        user_id if isinstance(user_id, str) else None,
+        key,
+        line=line,
+        source="pay",
+    )
+    record.update(state="error", error=type(error).__name__, message=str(error))
     return record

@@ -31,6 +31,7 @@ import attrs
 
 from freedompay_async._exceptions import ConfigurationError
 from freedompay_async._models import InvoiceStatus
+from freedompay_async.facts import is_number
 
 __all__ = ["SettlePolicy", "Verdict", "settle"]
 
@@ -54,7 +55,7 @@ def _window(
     del instance
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise ConfigurationError(f"{attribute.name} must be None or a finite number of seconds")
     if value < 0:
         raise ConfigurationError(f"{attribute.name} must be >= 0 seconds, got {value!r}")

@@ -137,3 +137,15 @@ def until_idle(wait_until: Callable[..., Awaitable[None]]) -> Callable[..., Awai
         await wait_until(lambda: emu.stats.in_flight == 0, within=within, what="emulator idle")
 
     return idle
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """One real redis-server on 127.0.0.1 per test module (skips when it is not installed)."""
+    from redis_server import RedisServer
+
+    with RedisServer.running() as server:
+        yield server.url

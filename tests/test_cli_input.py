@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from cli_support import admin, command, emulate, environment, outcomes, run
-from redis_server import RedisServer
 
 from freedompay_async.csvinput import BadRow, PayRow, open_pay_csv
 
@@ -137,7 +136,7 @@ def test_every_record_is_a_row_or_a_bad_row_and_nothing_else(tmp_path: Path) -> 
 
 
 @pytest.mark.blocking_ok
-def test_enqueue_reads_the_same_bom_file_as_pay_batch(tmp_path: Path) -> None:
+def test_enqueue_reads_the_same_bom_file_as_pay_batch(tmp_path: Path, redis_url: str) -> None:
     """Enqueue accepts the BOM CSV pay-batch accepts, names the same bad line, queues the rest."""
     from redis import Redis
 
@@ -146,20 +145,20 @@ def test_enqueue_reads_the_same_bom_file_as_pay_batch(tmp_path: Path) -> None:
         "\ufeffcustomer,user_id,card_token\r\nc1,u1,card-1\r\nc2,,card-2\r\nc3,u3,card-3\r\n",
         encoding="utf-8",
     )
-    with RedisServer.running() as server:
+    client = Redis.from_url(redis_url)
+    try:
+        client.flushdb()
         result = subprocess.run(  # noqa: S603
-            command("enqueue", str(source), "--redis", server.url, "--queue", "q"),
+            command("enqueue", str(source), "--redis", redis_url, "--queue", "q"),
             capture_output=True,
             text=True,
             timeout=60,
             env=environment(),
             check=False,
         )
-        client = Redis.from_url(server.url)
-        try:
-            queued = sorted(client.zrange("q", 0, -1))
-        finally:
-            client.close()
+        queued = sorted(client.zrange("q", 0, -1))
+    finally:
+        client.close()
     assert result.returncode == 1, result.stderr  # one malformed row
     assert f"{source}:3: skipped a malformed row: missing user_id" in result.stderr
     assert '"enqueued":2' in result.stdout

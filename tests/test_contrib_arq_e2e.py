@@ -10,10 +10,11 @@ import csv
 import importlib.util
 import json
 import os
+import pickle
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ import pytest
 pytest.importorskip("arq", reason="the 'arq' extra is not installed")
 
 import aiohttp
+import attrs
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.worker import Retry, Worker
+from arq.worker import Retry, Worker, get_kwargs
 from redis.asyncio import Redis
-from redis_server import RedisServer
 
 from freedompay_async import (
     ConfigurationError,
@@ -51,6 +52,7 @@ from freedompay_async.contrib.arq import (
     main,
     outcome_to_dict,
     pay_invoice_job,
+    startup,
     wait_for_outcomes,
     worker_settings,
 )
@@ -66,13 +68,6 @@ FAST_CLIENT = {
     "retry": RetryPolicy(attempts=3, deadline=20.0, reconcile_grace=0.2),
     "poll": PollPolicy(interval=0.1, factor=1.0, max_interval=0.1, timeout=5.0),
 }
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """One real redis-server for the module."""
-    with RedisServer.running() as server:
-        yield server.url
 
 
 @pytest.fixture
@@ -359,6 +354,15 @@ def test_outcomes_carry_no_card_token_and_a_masked_pan() -> None:
     assert masked["card_pan"] == "440564******6150"
     assert repr(MaskedToken("card-secret-1234")) == "'…1234'"
     assert repr(MaskedToken("abc")) == "'…'"
+
+
+def test_a_queued_token_pickles_under_the_public_module_path() -> None:
+    """MaskedToken pickles as freedompay_async.contrib.arq.MaskedToken and round-trips."""
+    data = pickle.dumps(MaskedToken("card-secret-1234"))
+    assert b"freedompay_async.contrib.arq._" not in data
+    assert b"freedompay_async.contrib.arq" in data
+    again = pickle.loads(data)
+    assert (type(again), again) == (MaskedToken, "card-secret-1234")
     assert job_id_for("c1") == "freedompay:pay:c1"
 
 
@@ -536,18 +540,44 @@ async def test_without_the_extra_enqueue_explains_how_to_install(monkeypatch, ca
 
 
 @pytest.mark.blocking_ok  # argparse looks for translations on disk
-def test_a_broken_worker_environment_does_not_break_the_command_line(monkeypatch, capsys) -> None:
-    """If the arq module fails to import (bad FREEDOMPAY_* value), enqueue says why, exit 2."""
+def test_a_broken_worker_environment_does_not_break_the_command_line(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    """A bad FREEDOMPAY_* value breaks neither the import nor `enqueue`; arq's settings name it."""
     from freedompay_async import contrib
 
     monkeypatch.delattr(contrib, "arq", raising=False)
     monkeypatch.delitem(sys.modules, "freedompay_async.contrib.arq")
     monkeypatch.setenv("FREEDOMPAY_MAX_JOBS", "many")
+    arq_package = importlib.import_module("freedompay_async.contrib.arq")
     parser = argparse.ArgumentParser()
     add_any_enqueue_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["enqueue", "in.csv"])
+    args = parser.parse_args(["enqueue", str(tmp_path / "none.csv")])
     assert args.func(args) == 2
-    assert "FREEDOMPAY_MAX_JOBS must be a number" in capsys.readouterr().err
+    assert "none.csv: no such file" in capsys.readouterr().err
+    with pytest.raises(ConfigurationError, match="FREEDOMPAY_MAX_JOBS must be a number"):
+        _ = arq_package.WorkerSettings
+
+
+def test_worker_settings_read_the_environment_when_looked_up(monkeypatch) -> None:
+    """`WorkerSettings` reflects the environment at lookup (arq's start), not at import."""
+    import freedompay_async.contrib.arq as arq_package
+
+    monkeypatch.setenv("FREEDOMPAY_QUEUE", "late:queue")
+    monkeypatch.setenv("FREEDOMPAY_MAX_JOBS", "7")
+    monkeypatch.setenv("FREEDOMPAY_JOB_TIMEOUT", "42")
+    monkeypatch.setenv("FREEDOMPAY_REDIS_URL", "redis://127.0.0.1:6390/3")
+    settings = arq_package.WorkerSettings
+    assert (settings.queue_name, settings.max_jobs, settings.job_timeout) == ("late:queue", 7, 42)
+    assert (settings.redis_settings.port, settings.redis_settings.database) == (6390, 3)
+    assert settings.functions[0].name == JOB_NAME
+    assert settings.functions[0].timeout_s == 42
+    kwargs = get_kwargs(settings)  # what `arq ...WorkerSettings` passes to Worker
+    assert kwargs["queue_name"] == "late:queue"
+    assert kwargs["on_startup"] is startup
+    assert kwargs["keep_result"] == 0
+    monkeypatch.setenv("FREEDOMPAY_QUEUE", "later:queue")
+    assert arq_package.WorkerSettings.queue_name == "later:queue"
 
 
 # -- two worker processes, one killed -------------------------------------------------------
@@ -556,6 +586,7 @@ INVOICES = 2000
 RATE = 200  # below what two workers manage on a small machine, so the limit binds
 BURST = 10
 EMULATOR_SECRET = "e2e-emulator-secret-0001"
+E2E_QUEUE = "e2e:queue"
 
 
 def _cli_has_emulate() -> bool:
@@ -662,25 +693,48 @@ async def _wait_for(predicate, within: float, what: str) -> None:
     pytest.fail(f"{what}: not within {within}s")
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(150)
-async def test_two_worker_processes_one_killed_charge_every_invoice_once(
-    redis_url, tmp_path
-) -> None:
-    """Two arq workers, one SIGKILLed, pay 2,000 invoices once each; the shared limit holds.
+@attrs.define
+class Stage:
+    """The two-worker run's stage: the emulator process, its invoices and the input CSV."""
 
-    Every invoice is charged exactly once (emulator), every job has an outcome, the killed
-    worker's pays are settled by status, and the emulator never saw more than 200 req/s + 10%.
+    base: str
+    merchant_id: str
+    customers: list[str]
+    tokens: list[str]
+    rows: list[list[str]]
+    input_csv: Path
+
+
+@attrs.define
+class Workers:
+    """The two arq worker processes, by name, their log files, environment and Redis."""
+
+    procs: dict[str, asyncio.subprocess.Process]
+    logs: dict[str, Path]
+    env: dict[str, str]
+    redis_url: str
+
+    def name_of(self, proc: asyncio.subprocess.Process) -> str:
+        """The name (`a`, `b`) of one of the workers."""
+        return next(name for name, each in self.procs.items() if each is proc)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP session for the emulator's admin routes."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture
+async def stage(tmp_path: Path, session: aiohttp.ClientSession) -> AsyncIterator[Stage]:
+    """The emulator in its own process with INVOICES invoices, and a CSV that repeats some rows.
+
+    Every 10th row comes back once more (some duplicates still queued), and the first 100 once
+    more after them (duplicates of invoices already paid).
     """
-    redis = Redis.from_url(redis_url)
-    await redis.flushdb()
-    procs: list[asyncio.subprocess.Process] = []
-    samples: list[tuple[float, int]] = []
-    sampler: asyncio.Task[None] | None = None
-    session = aiohttp.ClientSession()
+    emulator, info = await _start_emulator(tmp_path / "emulator.log")
     try:
-        emulator, info = await _start_emulator(tmp_path / "emulator.log")
-        procs.append(emulator)
         base = info["base_url"]
         async with session.post(
             f"{base}/_emulator/invoices", json={"count": INVOICES, "fate": {"kind": "paid"}}
@@ -689,139 +743,219 @@ async def test_two_worker_processes_one_killed_charge_every_invoice_once(
         assert len(set(customers)) == INVOICES
         tokens = [f"card-secret-{n:06d}" for n in range(INVOICES)]
         rows = [[c, f"user-{n}", tokens[n], str(n)] for n, c in enumerate(customers)]
-        rows += [rows[n] for n in range(0, INVOICES, 10)]  # duplicates, some still queued...
-        rows += [rows[n] for n in range(100)]  # ...and some queued after their first was paid
+        rows += [rows[n] for n in range(0, INVOICES, 10)]
+        rows += [rows[n] for n in range(100)]
         input_csv = tmp_path / "invoices.csv"
         _write_csv(input_csv, rows)
+        yield Stage(
+            base=base,
+            merchant_id=info["merchant_id"],
+            customers=customers,
+            tokens=tokens,
+            rows=rows,
+            input_csv=input_csv,
+        )
+    finally:
+        await _stop(emulator)
 
-        env = {
-            **os.environ,
-            "FREEDOMPAY_MERCHANT_ID": info["merchant_id"],
-            "FREEDOMPAY_SECRET_KEY": info["secret_key"],
-            "FREEDOMPAY_BASE_URL": base,
-            "FREEDOMPAY_REDIS_URL": redis_url,
-            "FREEDOMPAY_QUEUE": "e2e:queue",
-            "FREEDOMPAY_RATE": str(RATE),
-            "FREEDOMPAY_BURST": str(BURST),
-            "FREEDOMPAY_MAX_JOBS": "32",
-            "FREEDOMPAY_JOB_TIMEOUT": "10",  # a dead worker's jobs run again after 10 + 10 s
-            "FREEDOMPAY_CLAIM_TTL": "3",
-            # the opt-in: a dead worker's unsent pay (status new 2 s after its claim lapsed) is
-            # proven never landed and paid once
-            "FREEDOMPAY_NEW_PROVES_AFTER": "2",
-        }
-        workers = []
+
+@pytest.fixture
+async def e2e_redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the module's Redis, emptied first."""
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def worker_env(stage: Stage, redis_url: str) -> dict[str, str]:
+    """The environment `arq freedompay_async.contrib.arq.WorkerSettings` starts workers with."""
+    return {
+        **os.environ,
+        "FREEDOMPAY_MERCHANT_ID": stage.merchant_id,
+        "FREEDOMPAY_SECRET_KEY": EMULATOR_SECRET,
+        "FREEDOMPAY_BASE_URL": stage.base,
+        "FREEDOMPAY_REDIS_URL": redis_url,
+        "FREEDOMPAY_QUEUE": E2E_QUEUE,
+        "FREEDOMPAY_RATE": str(RATE),
+        "FREEDOMPAY_BURST": str(BURST),
+        "FREEDOMPAY_MAX_JOBS": "32",
+        "FREEDOMPAY_JOB_TIMEOUT": "10",  # a dead worker's jobs run again after 10 + 10 s
+        "FREEDOMPAY_CLAIM_TTL": "3",
+        # the opt-in: a dead worker's unsent pay (status new 2 s after its claim lapsed) is
+        # proven never landed and paid once
+        "FREEDOMPAY_NEW_PROVES_AFTER": "2",
+    }
+
+
+@pytest.fixture
+async def workers(
+    tmp_path: Path, worker_env: dict[str, str], redis_url: str, e2e_redis: Redis
+) -> AsyncIterator[Workers]:
+    """Two worker processes, `a` and `b`, each logging to `worker-<name>.log`."""
+    assert await e2e_redis.dbsize() == 0  # the workers start on an empty Redis
+    started = Workers(procs={}, logs={}, env=worker_env, redis_url=redis_url)
+    try:
         for name in ("a", "b"):
-            with (tmp_path / f"worker-{name}.log").open("wb") as log:
-                worker = await asyncio.create_subprocess_exec(
+            log_path = tmp_path / f"worker-{name}.log"
+            with log_path.open("wb") as log:
+                started.procs[name] = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
                     "arq",
                     "freedompay_async.contrib.arq.WorkerSettings",
-                    env=env,
+                    env=worker_env,
                     stdout=log,
                     stderr=log,
                 )
-            workers.append(worker)
-            procs.append(worker)
-        sampler = asyncio.create_task(_sample_requests(session, base, samples))
-        out_file = tmp_path / "outcomes.jsonl"
-        with (tmp_path / "enqueue.err").open("wb") as err:
-            enqueue = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "freedompay_async.contrib.arq",
-                "enqueue",
-                str(input_csv),
-                "--redis",
-                redis_url,
-                "--queue",
-                "e2e:queue",
-                "--merchant-id",
-                info["merchant_id"],
-                "--wait",
-                "--timeout",
-                "80",
-                "--out",
-                str(out_file),
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-            )
-        procs.append(enqueue)
-        results = OutcomeStore(redis, info["merchant_id"])
+            started.logs[name] = log_path
+        yield started
+    finally:
+        for proc in started.procs.values():
+            await _stop(proc)
+
+
+async def _start_enqueue(
+    stage: Stage, workers: Workers, out_file: Path, err_file: Path
+) -> asyncio.subprocess.Process:
+    """`python -m freedompay_async.contrib.arq enqueue INPUT --wait --out OUT` in a process."""
+    with err_file.open("wb") as err:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "freedompay_async.contrib.arq",
+            "enqueue",
+            str(stage.input_csv),
+            "--redis",
+            workers.redis_url,
+            "--queue",
+            E2E_QUEUE,
+            "--merchant-id",
+            stage.merchant_id,
+            "--wait",
+            "--timeout",
+            "80",
+            "--out",
+            str(out_file),
+            env=workers.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+
+
+async def _kill_a_worker_mid_pay(
+    session: aiohttp.ClientSession, stage: Stage, redis: Redis, workers: Workers
+) -> str:
+    """Delay committed pays, then SIGKILL a worker that holds a claim on a charged invoice.
+
+    Returns:
+        The killed worker's name: its pays were committed by the gateway, no reply reached it.
+    """
+    async with session.post(
+        f"{stage.base}/_emulator/faults",
+        json={
+            "fault": {"kind": "delay", "seconds": 2.0, "after_commit": True},
+            "operation": "pay",
+            "times": 40,
+        },
+    ) as reply:
+        assert reply.status == 200
+
+    async def delayed_pays_in_flight() -> bool:
+        async with session.get(f"{stage.base}/_emulator/stats") as reply:
+            return (await reply.json())["faults_applied"] >= 12
+
+    await _wait_for(delayed_pays_in_flight, 10, "delayed pays")
+    victim: list[asyncio.subprocess.Process] = []
+
+    async def holder_of_a_committed_pay() -> bool:
+        victim[:] = await _holders_of_committed_pays(
+            session, stage.base, redis, list(workers.procs.values())
+        )
+        return bool(victim)
+
+    await _wait_for(holder_of_a_committed_pay, 10, "a worker holding a committed pay")
+    victim[0].send_signal(signal.SIGKILL)
+    await victim[0].wait()
+    return workers.name_of(victim[0])
+
+
+async def _assert_each_invoice_charged_once(session: aiohttp.ClientSession, stage: Stage) -> None:
+    """The emulator counted exactly one charge per invoice and no double charge."""
+    async with session.get(f"{stage.base}/_emulator/stats?customers=1") as reply:
+        stats = await reply.json()
+    assert stats["double_charges"] == 0
+    assert stats["double_charged"] == []
+    assert stats["committed_pays"] == INVOICES
+    assert all(stats["invoices"][c]["charges"] == 1 for c in stage.customers)
+
+
+def _assert_every_invoice_has_a_paid_outcome(out_file: Path, stage: Stage) -> None:
+    """One `paid` outcome per invoice; some were settled by status (`landed`) after the kill."""
+    outcomes = [json.loads(x) for x in out_file.read_text().splitlines()]
+    assert sorted(o["customer"] for o in outcomes) == sorted(stage.customers)
+    assert {o["state"] for o in outcomes} == {"paid"}
+    claims = collections.Counter(o["claim"] for o in outcomes)
+    assert claims["landed"] >= 1, claims
+
+
+def _assert_logs_are_clean(workers: Workers, survivor: str, stage: Stage, out_file: Path) -> None:
+    """The survivor ran jobs without a traceback; no card token in any log or the outcomes."""
+    survivor_log = workers.logs[survivor].read_text()
+    assert "freedompay_pay_invoice(" in survivor_log, "the survivor logged no job"
+    assert "Traceback" not in survivor_log
+    texts = [out_file.read_text()] + [log.read_text() for log in workers.logs.values()]
+    leaked = [token for token in stage.tokens if any(token in text for text in texts)]
+    assert leaked == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_two_worker_processes_one_killed_charge_every_invoice_once(
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    stage: Stage,
+    e2e_redis: Redis,
+    workers: Workers,
+) -> None:
+    """Two arq workers, one SIGKILLed, pay 2,000 invoices once each; the shared limit holds.
+
+    Every invoice is charged exactly once (emulator), every job has an outcome, the killed
+    worker's pays are settled by status, and the emulator never saw more than 200 req/s + 10%.
+    """
+    samples: list[tuple[float, int]] = []
+    sampler = asyncio.create_task(_sample_requests(session, stage.base, samples))
+    out_file = tmp_path / "outcomes.jsonl"
+    enqueue = await _start_enqueue(stage, workers, out_file, tmp_path / "enqueue.err")
+    try:
+        results = OutcomeStore(e2e_redis, stage.merchant_id)
 
         async def some_paid() -> bool:
             return await results.count() >= 600
 
         await _wait_for(some_paid, 40, "600 outcomes")
-        async with session.post(
-            f"{base}/_emulator/faults",
-            json={
-                "fault": {"kind": "delay", "seconds": 2.0, "after_commit": True},
-                "operation": "pay",
-                "times": 40,
-            },
-        ) as reply:
-            assert reply.status == 200
-
-        async def delayed_pays_in_flight() -> bool:
-            async with session.get(f"{base}/_emulator/stats") as reply:
-                return (await reply.json())["faults_applied"] >= 12
-
-        await _wait_for(delayed_pays_in_flight, 10, "delayed pays")
-        # Kill the worker that holds a claim on an invoice already charged: a pay committed by
-        # the gateway whose reply the worker never gets.
-        victim: list[asyncio.subprocess.Process] = []
-
-        async def holder_of_a_committed_pay() -> bool:
-            victim[:] = await _holders_of_committed_pays(session, base, redis, workers)
-            return bool(victim)
-
-        await _wait_for(holder_of_a_committed_pay, 10, "a worker holding a committed pay")
-        victim[0].send_signal(signal.SIGKILL)  # mid-pay: committed charges, no outcome yet
-        await victim[0].wait()
-        killed_at = await results.count()
-        assert killed_at < INVOICES
-
+        killed = await _kill_a_worker_mid_pay(session, stage, e2e_redis, workers)
+        survivor = "b" if killed == "a" else "a"
+        assert await results.count() < INVOICES  # killed mid-run
         stdout, _ = await asyncio.wait_for(enqueue.communicate(), timeout=85)
-        lines = [json.loads(x) for x in stdout.decode().splitlines()]
         assert enqueue.returncode == 0, (tmp_path / "enqueue.err").read_text()
-        sampler.cancel()
-        assert lines[0]["rows"] == len(rows)
-        assert lines[0]["enqueued"] + lines[0]["deduplicated"] + lines[0]["settled"] == len(rows)
-        assert lines[1] == {"outcomes": INVOICES, "missing": 0, "by_state": {"paid": INVOICES}}
-
-        # every invoice charged exactly once, per the emulator
-        async with session.get(f"{base}/_emulator/stats?customers=1") as reply:
-            stats = await reply.json()
-        assert stats["double_charges"] == 0
-        assert stats["double_charged"] == []
-        assert stats["committed_pays"] == INVOICES
-        assert all(stats["invoices"][c]["charges"] == 1 for c in customers)
-
-        # every job has an outcome; the killed worker's pays were settled by status
-        outcomes = [json.loads(x) for x in out_file.read_text().splitlines()]
-        assert sorted(o["customer"] for o in outcomes) == sorted(customers)
-        assert {o["state"] for o in outcomes} == {"paid"}
-        claims = collections.Counter(o["claim"] for o in outcomes)
-        assert claims["landed"] >= 1, (claims, killed_at)
-        assert await redis.zcard("e2e:queue") == 0
-        survivor_log = (tmp_path / "worker-b.log").read_text()
-        assert "Traceback" not in survivor_log
-        text = out_file.read_text() + survivor_log
-        assert not any(token in text for token in tokens)
-
-        # the shared rate limit held at the emulator
-        peak = _max_rate(samples)
-        assert peak <= RATE * 1.10, peak
-        assert peak >= RATE * 0.8, peak  # the workers did push against the limit
     finally:
-        if sampler is not None:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
-                await sampler
-        for proc in reversed(procs):
-            await _stop(proc)
-        await session.close()
-        await redis.aclose()
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await sampler
+        await _stop(enqueue)
+
+    report, summary = (json.loads(x) for x in stdout.decode().splitlines())
+    assert report["rows"] == len(stage.rows)
+    assert report["enqueued"] + report["deduplicated"] + report["settled"] == len(stage.rows)
+    assert summary == {"outcomes": INVOICES, "missing": 0, "by_state": {"paid": INVOICES}}
+    await _assert_each_invoice_charged_once(session, stage)
+    _assert_every_invoice_has_a_paid_outcome(out_file, stage)
+    assert await e2e_redis.zcard(E2E_QUEUE) == 0
+    _assert_logs_are_clean(workers, survivor, stage, out_file)
+    peak = _max_rate(samples)
+    assert peak <= RATE * 1.10, peak  # the shared rate limit held at the emulator
+    assert peak >= RATE * 0.8, peak  # the workers did push against the limit

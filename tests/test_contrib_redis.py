@@ -7,14 +7,13 @@ import bisect
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 pytest.importorskip("redis", reason="the 'arq' extra (redis) is not installed")
 
 from redis.asyncio import Redis
-from redis_server import RedisServer
 
 from freedompay_async import (
     ConfigurationError,
@@ -39,13 +38,6 @@ NEW_IS_PROOF = SettlePolicy(new_proves_not_landed_after=0.0)
 
 def _status(status: InvoiceStatus) -> InvoicePayment:
     return InvoicePayment(invoice_status=status)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """One real redis-server for the module."""
-    with RedisServer.running() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ OVER_LIMIT: dict[str, tuple[int, str]] = {
     "_batch.py": (514, "the batch engine: feeder, workers, progress and summaries together"),
     "_call.py": (595, "the money state machine: phases, reconcile table and resend rules"),
     "_client.py": (733, "the client: lifecycle and every operation's method, no op table yet"),
-    "contrib/arq.py": (1181, "arq: config, outcome store, worker, enqueue and command"),
-    "contrib/redis_guard.py": (674, "the Redis guard: Lua scripts, claim, finish, settle on claim"),
 }
 
 

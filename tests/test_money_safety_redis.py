@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,7 +11,6 @@ pytest.importorskip("redis", reason="the 'arq' extra (redis) is not installed")
 
 from rawgate import RawGateway, xml
 from redis.asyncio import Redis
-from redis_server import RedisServer
 
 from freedompay_async import (
     DuplicatePayError,
@@ -23,13 +21,6 @@ from freedompay_async import (
     Timeouts,
 )
 from freedompay_async.contrib.redis_guard import RedisPayGuard, settle_by_status
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """One real redis-server for the module."""
-    with RedisServer.running() as server:
-        yield server.url
 
 
 def _client(gateway: RawGateway, guard: RedisPayGuard) -> FreedomPayClient:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 pytest.importorskip("redis", reason="the 'arq' extra (redis) is not installed")
 
 from redis.asyncio import Redis
-from redis_server import RedisServer
 
 from freedompay_async import InvoicePayment, InvoiceStatus, PollPolicy, ReadTimeout, RetryPolicy
 from freedompay_async._call import Act, Call
@@ -67,13 +66,6 @@ def _client(status: InvoiceStatus, window: float | None, age: float) -> Verdict:
     if act is Act.SLEEP:  # polling a payment still moving
         return Verdict.PENDING
     return Verdict.IN_DOUBT
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """One real redis-server for the module."""
-    with RedisServer.running() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from freedompay_async import (
     RateLimiter,
     SignatureError,
 )
+from freedompay_async.facts import DEFAULT_BASE_URL
 from freedompay_async.masking import printable
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ EXIT_CODES_HELP: Final = """exit status:
 SECRET_ENV: Final = "FREEDOMPAY_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
 MERCHANT_ENV: Final = "FREEDOMPAY_MERCHANT_ID"
 BASE_URL_ENV: Final = "FREEDOMPAY_BASE_URL"
-DEFAULT_BASE_URL: Final = "https://api.freedompay.kz"
 
 #: Gateway error codes that no retry and no other row can fix.
 SYSTEMIC_CODES: Final = {
@@ -86,7 +86,7 @@ def check_base_url(url: str) -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise UsageError(f"--base-url {url!r}: {exc}; e.g. https://api.freedompay.kz") from None
+        raise UsageError(f"--base-url {url!r}: {exc}; e.g. {DEFAULT_BASE_URL}") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise UsageError(f"--base-url {url!r}: give an http:// or https:// URL with a host")
     if port == 0:

@@ -12,7 +12,8 @@ from typing import Any, TextIO
 import attrs
 
 from freedompay_async.cli._common import UsageError, say
-from freedompay_async.records import INTENT_STATE, TERMINAL_STATES
+from freedompay_async.facts import TERMINAL_STATES, is_number
+from freedompay_async.records import INTENT_STATE
 
 STDOUT = Path("-")
 
@@ -45,7 +46,7 @@ class Prior:
 def _when(record: dict[str, Any]) -> float:
     """The record's time: `finished_at`, or an ISO `at` (older files); now when absent."""
     value = record.get("finished_at")
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if is_number(value):
         return float(value)
     text = record.get("at")
     if isinstance(text, str):

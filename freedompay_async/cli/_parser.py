@@ -17,6 +17,7 @@ from freedompay_async.cli._common import (
     SECRET_ENV,
 )
 from freedompay_async.contrib import add_enqueue_command
+from freedompay_async.facts import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,7 +74,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         "--base-url",
         default=os.environ.get(BASE_URL_ENV),
         metavar="URL",
-        help=f"the API host (default: ${BASE_URL_ENV}, else https://api.freedompay.kz)",
+        help=f"the API host (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
     )
     parser.add_argument("--merchant-id", help=f"the merchant id (default: ${MERCHANT_ENV})")
     parser.add_argument(

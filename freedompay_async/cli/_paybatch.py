@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from freedompay_async.cli import _render
 from freedompay_async.cli._common import (
-    DEFAULT_BASE_URL,
     EXIT_NOT_PAID,
     EXIT_OK,
     EXIT_UNKNOWN,
@@ -25,6 +24,7 @@ from freedompay_async.cli._journal import STDOUT, Journal, open_journal, read_jo
 from freedompay_async.cli._signals import Stop
 from freedompay_async.cli._stages import Feeder, RequestCounter, RowKey, Tally
 from freedompay_async.csvinput import CsvInputError, PayCsv, open_pay_csv
+from freedompay_async.facts import DEFAULT_BASE_URL, UNSETTLED_STATES
 from freedompay_async.records import outcome_record
 from freedompay_async.reporting import SummaryBuilder
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from freedompay_async import FreedomPayClient
     from freedompay_async.reporting import BatchSummary
 
-_UNKNOWN_STATES = ("pending", "ambiguous")
+_UNKNOWN_STATES = UNSETTLED_STATES
 _SHOWN_FAILURES = 12
 
 

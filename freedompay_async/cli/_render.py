@@ -12,10 +12,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, Self, TextIO
 
+from freedompay_async.facts import OUTCOME_STATES
+
 if TYPE_CHECKING:
     from freedompay_async.reporting import BatchSummary
 
-STATES: Final = ("paid", "failed", "expired", "pending", "ambiguous", "error")
+STATES: Final[tuple[str, ...]] = OUTCOME_STATES
 _STYLES: Final = {
     "paid": "green",
     "failed": "red",

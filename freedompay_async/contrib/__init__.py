@@ -41,7 +41,7 @@ def add_enqueue_command(subparsers: argparse._SubParsersAction[Any]) -> argparse
         from freedompay_async.contrib import arq  # noqa: PLC0415 - the extra is optional
     except ImportError:
         return _add_unavailable(subparsers, _MISSING)
-    except Exception as exc:  # noqa: BLE001 - a bad FREEDOMPAY_* variable must not break the CLI
+    except Exception as exc:  # noqa: BLE001 - a broken optional extra must not break the CLI
         return _add_unavailable(subparsers, f"enqueue is unavailable: {exc}\n")
     return arq.add_enqueue_command(subparsers)
 
