@@ -1,0 +1,136 @@
+"""The SDK behind a real nginx reverse proxy, with `emulate` upstream in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from freedompay_async import FreedomPayClient, InvoiceStatus, PayRequest, RetryPolicy
+from tests.nginx_proxy import NginxProxy
+
+SECRET = "proxy-test-secret-key"
+MERCHANT = "555002"
+
+pytestmark = pytest.mark.slow
+
+
+def admin(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the emulator's admin API directly (not through the proxy) and return its JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - a loopback http URL
+        f"{base_url}/_emulator/{path}", data=data, method=method
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def start_emulate(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start `freedompay-async emulate` in its own process and return it with its startup line."""
+    env = dict(os.environ, FREEDOMPAY_SECRET_KEY=SECRET)
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "freedompay_async", "emulate", "--merchant-id", MERCHANT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 20)
+    if not ready:
+        process.kill()
+        pytest.fail("emulate printed nothing within 20 s")
+    return process, json.loads(process.stdout.readline())
+
+
+def stop_emulate(process: subprocess.Popen[str]) -> None:
+    """Stop an `emulate` process (waking it first if it is frozen)."""
+    process.send_signal(signal.SIGCONT)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[dict[str, Any]]:
+    """An `emulate` process (normal mode); yields its startup line plus the process."""
+    process, info = start_emulate()
+    try:
+        yield {**info, "process": process}
+    finally:
+        stop_emulate(process)
+
+
+@pytest.fixture
+def adversarial_upstream() -> Iterator[dict[str, Any]]:
+    """An `emulate --adversarial` process: every pay it receives commits a charge."""
+    process, info = start_emulate("--adversarial")
+    try:
+        yield {**info, "process": process}
+    finally:
+        stop_emulate(process)
+
+
+def upstream_port(info: dict[str, Any]) -> int:
+    """The port in an emulate startup line's base URL."""
+    return int(str(info["base_url"]).rsplit(":", 1)[1])
+
+
+async def test_a_batch_pays_through_nginx_with_gzip_and_short_keepalive(
+    upstream: dict[str, Any],
+) -> None:
+    """Every invoice of a batch sent through nginx (gzip, 2 s keep-alive) is paid exactly once."""
+    customers = admin(upstream["base_url"], "POST", "invoices", {"count": 200})["customers"]
+    with NginxProxy.running(upstream_port(upstream)) as proxy:
+        async with FreedomPayClient(MERCHANT, SECRET, base_url=proxy.base_url) as client:
+            requests = [PayRequest(customer=c, user_id="u", card_token="tok-1") for c in customers]
+            outcomes = [o async for o in client.pay_invoices(requests, concurrency=32)]
+    assert len(outcomes) == len(customers)
+    assert {o.state for o in outcomes} == {"paid"}
+    stats = admin(upstream["base_url"], "GET", "stats?customers=1")
+    assert stats["double_charged"] == []
+    assert all(stats["invoices"][c]["charges"] == 1 for c in customers)
+
+
+async def test_nginx_resending_non_idempotent_posts_charges_twice_unseen_by_the_sdk(
+    adversarial_upstream: dict[str, Any],
+) -> None:
+    """
+    Nginx with `proxy_next_upstream ... non_idempotent` resends a pay broken after commit itself.
+
+    This is the hazard the README's "Behind a proxy" section warns about: the SDK sent one pay and
+    reports one payment, while the gateway charged twice.
+    """
+    base = adversarial_upstream["base_url"]
+    customers = admin(base, "POST", "invoices", {"count": 5})["customers"]
+    admin(base, "POST", "faults", {"fault": {"kind": "drop"}, "operation": "pay", "times": 5})
+    policy = RetryPolicy(attempts=1)
+    with NginxProxy.running(
+        upstream_port(adversarial_upstream), resend_non_idempotent=True
+    ) as proxy:
+        async with FreedomPayClient(
+            MERCHANT, SECRET, base_url=proxy.base_url, retry=policy
+        ) as client:
+            payments = await asyncio.gather(
+                *(
+                    client.pay_invoice(customer=c, user_id="u", card_token="tok-1")
+                    for c in customers
+                )
+            )
+    assert all(p.invoice_status is InvoiceStatus.OK for p in payments)
+    stats = admin(base, "GET", "stats?customers=1")
+    assert sorted(stats["double_charged"]) == sorted(customers)
