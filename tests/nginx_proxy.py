@@ -83,7 +83,8 @@ pid {directory}/nginx.pid;
 error_log {directory}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    log_format timing '$msec $request_time $status $request_uri';
+    access_log {directory}/access.log timing;
     client_body_temp_path {directory}/body;
     proxy_temp_path {directory}/proxy;
     fastcgi_temp_path {directory}/fastcgi;
@@ -181,6 +182,22 @@ class NginxProxy:
                 self.stop()
                 pytest.fail(f"nginx did not start on port {self.port}: {log[-2000:]}")
             time.sleep(0.02)
+
+    def requests(self) -> list[tuple[float, float, int, str]]:
+        """
+        Return the requests nginx has answered so far, from its access log.
+
+        Returns:
+            (started, finished, status, path) per request, times as wall-clock seconds.
+        """
+        log = self.directory / "access.log"
+        if not log.exists():
+            return []
+        rows = []
+        for line in log.read_text().splitlines():
+            finished, took, status, path = line.split(" ", 3)
+            rows.append((float(finished) - float(took), float(finished), int(status), path))
+        return rows
 
     def stop(self) -> None:
         """Stop nginx (quickly) and wait for it."""

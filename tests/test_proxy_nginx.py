@@ -9,13 +9,21 @@ import select
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from freedompay_async import FreedomPayClient, InvoiceStatus, PayRequest, RetryPolicy
+from freedompay_async import (
+    BatchProgress,
+    FreedomPayClient,
+    InvoiceStatus,
+    PayRequest,
+    RetryPolicy,
+)
 from tests.nginx_proxy import NginxProxy
 
 SECRET = "proxy-test-secret-key"
@@ -134,3 +142,62 @@ async def test_nginx_resending_non_idempotent_posts_charges_twice_unseen_by_the_
     assert all(p.invoice_status is InvoiceStatus.OK for p in payments)
     stats = admin(base, "GET", "stats?customers=1")
     assert sorted(stats["double_charged"]) == sorted(customers)
+
+
+FREEZE_SECONDS = 4.0
+BATCH = 1200
+CONCURRENCY = 64
+
+
+async def test_a_batch_rides_out_two_gateway_freezes_behind_nginx(
+    adversarial_upstream: dict[str, Any],
+) -> None:
+    """
+    A 1,200-invoice batch through nginx pays ≥ 99 % once each while the gateway freezes twice.
+
+    Default policies; nginx has a 2 s keep-alive, a 3 s read timeout and gzip on; the gateway
+    process is stopped for 4 s after 200 and after 700 outcomes. During each freeze the batch
+    waits for the gateway instead of failing what it has not sent, so the requests that start
+    while the gateway is frozen stay bounded (in-flight reconcile reads and breaker probes).
+    """
+    base = adversarial_upstream["base_url"]
+    pid = adversarial_upstream["process"].pid
+    customers = admin(base, "POST", "invoices", {"count": BATCH})["customers"]
+    loop = asyncio.get_running_loop()
+    freezes: list[tuple[float, float]] = []
+    triggers = [200, 700]
+
+    def thaw(started: float) -> None:
+        os.kill(pid, signal.SIGCONT)
+        freezes.append((started, time.time()))
+
+    def on_progress(progress: BatchProgress) -> None:
+        if triggers and progress.done >= triggers[0]:
+            triggers.pop(0)
+            started = time.time()
+            os.kill(pid, signal.SIGSTOP)
+            loop.call_later(FREEZE_SECONDS, thaw, started)
+
+    with NginxProxy.running(upstream_port(adversarial_upstream)) as proxy:
+        async with FreedomPayClient(MERCHANT, SECRET, base_url=proxy.base_url) as client:
+            requests = [PayRequest(customer=c, user_id="u", card_token="tok-1") for c in customers]
+            outcomes = [
+                o
+                async for o in client.pay_invoices(
+                    requests, concurrency=CONCURRENCY, on_progress=on_progress
+                )
+            ]
+        served = proxy.requests()
+    states = Counter(o.state for o in outcomes)
+    errors = Counter(type(o.error).__name__ for o in outcomes if o.error is not None)
+    print(f"states={dict(states)} errors={dict(errors)} freezes={len(freezes)}")  # noqa: T201
+    assert len(freezes) == 2
+    assert len(outcomes) == BATCH
+    assert {o.request.customer for o in outcomes} == set(customers)
+    stats = admin(base, "GET", "stats?customers=1")
+    assert stats["double_charged"] == []
+    assert states["paid"] >= 0.99 * BATCH
+    for started, ended in freezes:
+        during = [row for row in served if started <= row[0] <= ended]
+        print(f"freeze {ended - started:.1f}s: {len(during)} requests started")  # noqa: T201
+        assert len(during) <= 2 * CONCURRENCY
