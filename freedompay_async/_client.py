@@ -1,14 +1,10 @@
 """
-`FreedomPayClient`: lifecycle, the attempt loop, reconcile and polling.
+`FreedomPayClient`: lifecycle, the operations, and the driver that performs a call's steps.
 
-This is the only module that sleeps. Each call builds its request once (`_protocol`), then runs
-the attempt loop: send through the transport, decode (`_decode`), classify and decide
-(`_retry`), and act on the decision — return, raise, sleep and resend, reconcile a pay whose
-outcome is unknown, or poll a pending one. One deadline bounds the whole call.
-
-The money rule: once any pay attempt of a call may have reached the gateway, the call ends either
-with a settled `InvoicePayment` learned from the gateway, a pending one, `PaymentPending`, or
-`AmbiguousPaymentError` — never with a second pay sent blindly.
+Every rule about attempts, resends, the deadline, reconcile, polling and what the money is known
+to be lives in the pure `_call.Call`. This module builds each request once (`_protocol`), creates
+the call, and runs `_drive`: ask the call for its next step, perform it (send through the
+transport and decode, sleep, return, raise), and report back. It is the only code that awaits.
 """
 
 from __future__ import annotations
@@ -20,11 +16,12 @@ import random
 import time
 import warnings
 from importlib import metadata
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar, cast
 
 import attrs
 
 from freedompay_async import _decode
+from freedompay_async._call import Act, Call
 from freedompay_async._config import (
     BodyFormat,
     Clock,
@@ -35,38 +32,26 @@ from freedompay_async._config import (
     _Credentials,
     _WireOptions,
 )
+from freedompay_async._events import emit, fmt_context
 from freedompay_async._exceptions import (
-    AmbiguousPaymentError,
-    CircuitOpenError,
+    ClientClosedError,
     ConfigurationError,
+    ConnectionLost,
+    DuplicatePayError,
     FreedomPayError,
-    HTTPStatusError,
     PaymentPending,
-    RequestTimeout,
 )
+from freedompay_async._guard import InMemoryPayGuard, PayGuard, RateLimiter
 from freedompay_async._models import (
     InvoiceInfo,
     InvoiceInit,
     InvoicePayment,
-    InvoiceStatus,
     PayOutcome,
     PayRequest,
     parse_amount,
-    payment_state,
 )
 from freedompay_async._protocol import Field, Operation, OutgoingRequest, RawResponse, build_request
-from freedompay_async._retry import (
-    BREAKER_FAILURES,
-    CircuitBreaker,
-    Outcome,
-    RetryBudget,
-    RetryEvent,
-    Verb,
-    classify,
-    decide,
-    poll_delay,
-    retry_after_seconds,
-)
+from freedompay_async._retry import CircuitBreaker, RetryBudget
 from freedompay_async._transport import Transport
 
 if TYPE_CHECKING:
@@ -76,16 +61,13 @@ if TYPE_CHECKING:
     import aiohttp
 
     from freedompay_async._models import BatchProgress
+    from freedompay_async._retry import RetryEvent
 
 __all__ = ["DEFAULT_BASE_URL", "FreedomPayClient", "InMemoryPayGuard", "PayGuard", "RateLimiter"]
 
 logger = logging.getLogger("freedompay_async")
 
 DEFAULT_BASE_URL = "https://api.freedompay.kz"
-
-#: A reconcile always gets at least this long for its status reads, even at the deadline's edge:
-#: learning where the money stands is worth a few seconds past the call's budget.
-RECONCILE_MIN_WINDOW = 5.0
 
 _T = TypeVar("_T")
 
@@ -112,108 +94,6 @@ class _SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-
-
-class PayGuard(Protocol):
-    """
-    Refuses a second pay of the same `customer` while the first is in flight or settled.
-
-    The client claims a customer before its first pay attempt and reports the end state after.
-    `freedompay_async.contrib` offers a Redis-backed guard shared by many processes.
-    """
-
-    async def claim(self, customer: str) -> str | None:
-        """
-        Claim *customer* for one pay.
-
-        Args:
-            customer: The invoice's customer token.
-
-        Returns:
-            None when the claim succeeded; otherwise why the pay must not be sent.
-        """
-        ...
-
-    async def finish(self, customer: str, *, state: str) -> None:
-        """
-        Report how the claimed pay ended.
-
-        Args:
-            customer: The customer token claimed before.
-            state: A `PayOutcome.state` value; `error` means nothing is known to be charged and
-                the claim is released.
-        """
-        ...
-
-
-class InMemoryPayGuard:
-    """
-    The default duplicate guard: one client, one process.
-
-    Customers in flight are refused; settled ones (any state but `error`) are remembered, the
-    most recent `remember` of them, and refused too.
-
-    Args:
-        remember: How many settled customers to remember.
-    """
-
-    def __init__(self, *, remember: int = 100_000) -> None:
-        if isinstance(remember, bool) or not isinstance(remember, int) or remember < 0:
-            raise ConfigurationError(f"remember must be an integer >= 0, got {remember!r}")
-        self._remember = remember
-        self._in_flight: set[str] = set()
-        self._settled: dict[str, str] = {}
-
-    async def claim(self, customer: str) -> str | None:
-        """
-        Claim *customer* for one pay.
-
-        Args:
-            customer: The invoice's customer token.
-
-        Returns:
-            None when claimed, else the reason for refusing.
-        """
-        if customer in self._in_flight:
-            return "a pay for this customer is already in flight on this client"
-        state = self._settled.get(customer)
-        if state is not None:
-            return f"this customer was already paid by this client (state={state})"
-        self._in_flight.add(customer)
-        return None
-
-    async def finish(self, customer: str, *, state: str) -> None:
-        """
-        Release the claim and remember a settled customer.
-
-        Args:
-            customer: The customer token.
-            state: The outcome's state.
-        """
-        self._in_flight.discard(customer)
-        if state == "error" or self._remember == 0:
-            return
-        self._settled[customer] = state
-        if len(self._settled) > self._remember:
-            del self._settled[next(iter(self._settled))]
-
-
-class RateLimiter(Protocol):
-    """A limit on request starts that the client consults before each send."""
-
-    async def acquire(self) -> None:
-        """Wait until one more request may start."""
-        ...
-
-
-@attrs.define
-class _Call:
-    """Per-call state: how many requests were sent, and whether a pay may have landed."""
-
-    operation: Operation
-    context: dict[str, str]
-    attempts: int = 0
-    landed: bool = False
 
 
 class FreedomPayClient:
@@ -341,7 +221,7 @@ class FreedomPayClient:
 
     def _ensure_open(self) -> None:
         if self._state is _State.CLOSED:
-            raise RuntimeError("FreedomPayClient is closed")
+            raise _closed("FreedomPayClient is closed")
         loop = asyncio.get_running_loop()
         if self._state is _State.UNOPENED:
             self._loop = loop
@@ -381,137 +261,93 @@ class FreedomPayClient:
                 stacklevel=1,
             )
 
-    # -- the attempt loop ------------------------------------------------------------------
+    # -- the driver: the only code that awaits a call's steps ------------------------------
 
-    def _event(
-        self, call: _Call, *, delay: float, outcome: Outcome, action: str, cause: FreedomPayError
-    ) -> None:
-        hook = self._on_giveup if action == "giveup" else self._on_retry
-        log = logger.warning if action in ("giveup", "reconcile") else logger.info
-        log(
-            "%s %s after attempt %d (%s, %s); delay %.3fs %s",
-            call.operation.value,
-            action,
-            call.attempts,
-            outcome.value,
-            type(cause).__name__,
-            delay,
-            _fmt_context(call.context),
-        )
-        if hook is None:
-            return
-        event = RetryEvent(
-            operation=call.operation.value,
-            attempt=call.attempts,
-            delay=delay,
-            outcome=outcome.value,
-            action=action,
-            cause=cause,
-            context=dict(call.context),
-        )
-        try:
-            hook(event)
-        except Exception:
-            logger.exception("the %s hook raised; the call goes on", action)
-
-    async def _attempts(
-        self,
-        request: OutgoingRequest,
-        decode: Callable[[RawResponse], _T],
-        *,
-        call: _Call,
-        policy: RetryPolicy,
-        deadline: float,
-        guarded: bool = True,
-    ) -> tuple[Verb, _T | FreedomPayError, float]:
-        """
-        Send until the decision is not a resend.
-
-        Returns:
-            (RETURN, model, 0), (POLL, payment, 0) or (RECONCILE, error, grace).
-
-        Raises:
-            FreedomPayError: The decision was to raise (the attempt's own error, attempts set).
-        """
-        moves_money = request.operation.moves_money
+    async def _drive(
+        self, call: Call, request: OutgoingRequest, decode: Callable[[RawResponse], object]
+    ) -> object:
+        """Perform the call's steps until it ends; nothing but `Call` decides anything."""
         clock = self._clock
-        breaker = self._breaker if guarded else None
-        budget = self._budget if guarded else None
         send = self._transport.send
+        limiter = self._rate_limiter
+        status: tuple[OutgoingRequest, Callable[[RawResponse], object]] | None = None
         debug = logger.isEnabledFor(logging.DEBUG)
-        while True:
-            if breaker is not None and not breaker.allow(clock.monotonic()):
-                error: FreedomPayError = CircuitOpenError(
-                    f"{call.operation.value}: circuit breaker open after repeated failures; "
-                    "not sent",
-                    operation=call.operation.value,
+        try:
+            while True:
+                if call.notes:
+                    emit(call, on_retry=self._on_retry, on_giveup=self._on_giveup)
+                act = call.next_step(clock.monotonic())
+                if act is Act.SEND or act is Act.ASK_STATUS:
+                    if debug:
+                        logger.debug(
+                            "%s attempt %d %s",
+                            call.operation.value,
+                            call.attempts,
+                            fmt_context(call.context),
+                        )
+                    out, read = request, decode
+                    if act is Act.ASK_STATUS:
+                        if status is None:
+                            status = self._status_exchange(call.context["customer"])
+                        out, read = status
+                    result: object
+                    try:
+                        if limiter is not None:
+                            await limiter.acquire()
+                        result = read(await send(out, remaining=call.remaining))
+                    except FreedomPayError as exc:
+                        result = exc
+                    except Exception as exc:
+                        if not call.moves_money:
+                            raise
+                        result = ConnectionLost(
+                            f"{call.operation.value}: the reply could not be read "
+                            f"({type(exc).__name__}); the outcome is unknown",
+                            operation=call.operation.value,
+                        )
+                        result.__cause__ = exc
+                    call.record(result, now=clock.monotonic(), wall=clock.time())
+                elif act is Act.SLEEP:
+                    if self._state is _State.CLOSED:
+                        call.stop(_closed(call.operation.value))
+                        continue
+                    await clock.sleep(call.delay)
+                    call.woke()
+                elif act is Act.DONE:
+                    return call.result
+                else:
+                    break
+        except BaseException as exc:
+            if call.abandon(clock.monotonic()):
+                logger.warning(
+                    "pay %s with its outcome unknown: check invoice_status before paying again %s",
+                    "cancelled"
+                    if isinstance(exc, asyncio.CancelledError)
+                    else f"interrupted by {type(exc).__name__}",
+                    fmt_context(call.context),
                 )
-                error.attempts = call.attempts
-                self._event(call, delay=0.0, outcome=Outcome.LOCAL, action="giveup", cause=error)
-                raise error
-            # Counted before the rate limiter: a limiter that times out still spends an attempt.
-            call.attempts += 1
-            if debug:
-                logger.debug(
-                    "%s attempt %d %s",
-                    call.operation.value,
-                    call.attempts,
-                    _fmt_context(call.context),
-                )
-            result: _T | FreedomPayError
-            try:
-                if self._rate_limiter is not None:
-                    await self._rate_limiter.acquire()
-                raw = await send(request, remaining=deadline - clock.monotonic())
-                result = decode(raw)
-            except FreedomPayError as exc:
-                result = exc
-            except asyncio.CancelledError:
-                if moves_money:
-                    # The request may have been written: the guard must keep it claimed.
-                    call.landed = True
-                    logger.warning(
-                        "pay cancelled while in flight: outcome unknown, check invoice_status %s",
-                        _fmt_context(call.context),
-                    )
-                raise
-            outcome = classify(result, moves_money=moves_money)
-            failed = outcome in BREAKER_FAILURES
-            if breaker is not None:
-                breaker.record(failure=failed, now=clock.monotonic())
-            if budget is not None and not failed:
-                budget.refund()
-            if not isinstance(result, FreedomPayError):
-                return (Verb.POLL if outcome is Outcome.PENDING else Verb.RETURN), result, 0.0
-            timeout = isinstance(result, RequestTimeout)
-            hint = None
-            if isinstance(result, HTTPStatusError):
-                hint = retry_after_seconds(result.retry_after, now_wall=clock.time())
-            decision = decide(
-                outcome,
-                moves_money=moves_money,
-                attempt=call.attempts,
-                policy=policy,
-                now=clock.monotonic(),
-                deadline=deadline,
-                rng=self._rng,
-                retry_after=hint,
-                budget_ok=budget is None or budget.can_spend(timeout=timeout),
+            raise
+        assert call.error is not None  # noqa: S101 - FAIL always carries its error
+        raise call.error
+
+    def _status_exchange(
+        self, customer: str
+    ) -> tuple[OutgoingRequest, Callable[[RawResponse], object]]:
+        """The status-by-customer request and decoder a pay call reconciles and polls with."""
+        request = build_request(
+            Operation.STATUS,
+            [("merchant_id", self._credentials.merchant_id), ("customer", customer)],
+            credentials=self._credentials,
+            wire=self._wire,
+        )
+        max_bytes = self._wire.max_response_bytes
+
+        def decode(raw: RawResponse) -> InvoicePayment:
+            return _decode.decode_payment(
+                raw, operation=Operation.STATUS, max_bytes=max_bytes, customer=customer
             )
-            if decision.verb is Verb.RECONCILE:
-                self._event(
-                    call, delay=decision.delay, outcome=outcome, action="reconcile", cause=result
-                )
-                return Verb.RECONCILE, result, decision.delay
-            if decision.verb is Verb.RAISE:
-                result.attempts = call.attempts
-                self._event(call, delay=0.0, outcome=outcome, action="giveup", cause=result)
-                raise result
-            if budget is not None:
-                budget.spend(timeout=timeout)
-            self._event(call, delay=decision.delay, outcome=outcome, action="resend", cause=result)
-            if decision.delay > 0:
-                await clock.sleep(decision.delay)
+
+        return request, decode
 
     async def _read(
         self,
@@ -520,23 +356,19 @@ class FreedomPayClient:
         decode: Callable[[RawResponse], _T],
         *,
         policy: RetryPolicy,
-        call: _Call | None = None,
-        deadline: float | None = None,
-        guarded: bool = True,
     ) -> _T:
         """Run a call that moves no money (init, status, info) under the resend rules."""
         request = build_request(operation, fields, credentials=self._credentials, wire=self._wire)
-        own = _Call(operation=operation, context=dict(request.context))
-        if deadline is None:
-            deadline = self._clock.monotonic() + policy.deadline
-        try:
-            _, result, _ = await self._attempts(
-                request, decode, call=own, policy=policy, deadline=deadline, guarded=guarded
-            )
-        finally:
-            if call is not None:
-                call.attempts += own.attempts
-        return result  # type: ignore[return-value]  # only a model is ever returned for reads
+        call = Call(
+            operation,
+            policy=policy,
+            now=self._clock.monotonic(),
+            rng=self._rng,
+            context=request.context,
+            budget=self._budget,
+            breaker=self._breaker,
+        )
+        return cast("_T", await self._drive(call, request, decode))
 
     # -- operations ------------------------------------------------------------------------
 
@@ -745,8 +577,9 @@ class FreedomPayClient:
             `wait=False`, possibly still pending.
 
         Raises:
-            ConfigurationError: An argument is invalid, or this customer is already being paid
-                (or was paid) by this client; nothing was sent.
+            ConfigurationError: An argument is invalid; nothing was sent.
+            DuplicatePayError: The duplicate guard refused the pay (this customer is being paid,
+                was paid, or its earlier pay has no known end); nothing was sent.
             GatewayError: The gateway refused the pay (`status=error`); nothing was charged.
             PaymentPending: Polling timed out; `.payment` is the last status seen.
             AmbiguousPaymentError: The pay may have charged and its status could not settle it;
@@ -754,216 +587,55 @@ class FreedomPayClient:
             TransportError: The pay was never sent (connect failures, the breaker is open).
             ResponseError: A reply could not be used (a refused HTTP status).
         """
-        payment, _ = await self._pay_guarded(
-            customer=customer,
-            user_id=user_id,
-            card_token=card_token,
-            wait=wait,
-            retry=retry,
-            poll=poll,
-        )
-        return payment
+        call = self._pay_call(customer, wait=wait, retry=retry, poll=poll)
+        return await self._pay(call, customer=customer, user_id=user_id, card_token=card_token)
 
-    async def _pay_guarded(
-        self,
-        *,
-        customer: str,
-        user_id: str,
-        card_token: str,
-        wait: bool,
-        retry: RetryPolicy | None,
-        poll: PollPolicy | None,
-        call: _Call | None = None,
-    ) -> tuple[InvoicePayment, _Call]:
+    def _pay_call(
+        self, customer: str, *, wait: bool, retry: RetryPolicy | None, poll: PollPolicy | None
+    ) -> Call:
+        return Call(
+            Operation.PAY,
+            policy=retry or self._retry,
+            now=self._clock.monotonic(),
+            rng=self._rng,
+            context={"customer": customer},
+            wait=wait,
+            poll=poll or self._poll,
+            budget=self._budget,
+            breaker=self._breaker,
+        )
+
+    async def _pay(
+        self, call: Call, *, customer: str, user_id: str, card_token: str
+    ) -> InvoicePayment:
+        """Claim the customer, drive the pay call, and tell the guard how it ended."""
         _check_text("customer", customer, max_len=255)
         _check_text("user_id", user_id, max_len=255)
         if not isinstance(card_token, str) or not card_token:
             raise ConfigurationError("card_token must be a non-empty string")
         self._ensure_open()
-        if call is None:
-            call = _Call(operation=Operation.PAY, context={"customer": customer})
-        refusal = await self._guard.claim(customer)
-        if refusal is not None:
-            raise ConfigurationError(f"pay for customer={customer} not sent: {refusal}")
-        state = "error"
-        try:
-            payment = await self._pay(
+        claim = await self._guard.claim(customer)
+        if not claim.granted:
+            raise DuplicatePayError(
+                f"pay for customer={customer} not sent: {claim.reason}",
                 customer=customer,
-                user_id=user_id,
-                card_token=card_token,
-                wait=wait,
-                policy=retry or self._retry,
-                poll=poll or self._poll,
-                call=call,
+                claim=claim,
             )
-            state = payment_state(payment)
-        except PaymentPending:
-            state = "pending"
-            raise
-        except AmbiguousPaymentError:
-            state = "ambiguous"
-            raise
-        except BaseException:
-            state = "ambiguous" if call.landed else "error"
-            raise
-        finally:
-            await self._guard.finish(customer, state=state)
-        return payment, call
-
-    async def _pay(
-        self,
-        *,
-        customer: str,
-        user_id: str,
-        card_token: str,
-        wait: bool,
-        policy: RetryPolicy,
-        poll: PollPolicy,
-        call: _Call,
-    ) -> InvoicePayment:
-        request = build_request(
-            Operation.PAY,
-            [("customer", customer), ("user_id", user_id), ("card_token", card_token)],
-            credentials=self._credentials,
-            wire=self._wire,
-        )
-        max_bytes = self._wire.max_response_bytes
-
-        def decode(raw: RawResponse) -> InvoicePayment:
-            return _decode.decode_payment(raw, max_bytes=max_bytes, customer=customer)
-
-        deadline = self._clock.monotonic() + policy.deadline
-        resent_if_new = False
-        while True:
-            try:
-                verb, result, delay = await self._attempts(
-                    request, decode, call=call, policy=policy, deadline=deadline
-                )
-            except FreedomPayError as exc:
-                if call.landed:
-                    raise self._ambiguous(call, customer, "a later pay attempt failed") from exc
-                raise
-            if isinstance(result, InvoicePayment):
-                if verb is Verb.RETURN or not wait:
-                    return result
-                return await self._poll_until_terminal(customer, result, poll, policy, call)
-            # RECONCILE: the pay may have landed; learn where the money stands.
-            call.landed = True
-            if delay > 0:
-                await self._clock.sleep(delay)
-            status = await self._reconcile(customer, policy, deadline, call, cause=result)
-            if status.invoice_status is InvoiceStatus.NEW:
-                if policy.resend_pay_if_new and not resent_if_new:
-                    resent_if_new = True
-                    logger.warning(
-                        "pay status still new after an ambiguous attempt; resending once as "
-                        "RetryPolicy.resend_pay_if_new allows %s",
-                        _fmt_context(call.context),
-                    )
-                    continue
-                raise self._ambiguous(
-                    call, customer, "its status still reads new, so it may land later"
-                ) from result
-            if status.is_terminal or not wait:
-                return status
-            return await self._poll_until_terminal(customer, status, poll, policy, call)
-
-    def _ambiguous(self, call: _Call, customer: str, why: str) -> AmbiguousPaymentError:
-        error = AmbiguousPaymentError(
-            f"pay for customer={customer} may have been charged ({why}); check "
-            f"invoice_status(customer={customer!r}) before paying again",
-            attempts=call.attempts,
-            customer=customer,
-        )
-        self._event(call, delay=0.0, outcome=Outcome.AMBIGUOUS, action="giveup", cause=error)
-        return error
-
-    async def _status_read(
-        self, customer: str, *, policy: RetryPolicy, call: _Call, deadline: float
-    ) -> InvoicePayment:
-        """Read the status by customer for reconcile or polling (past the budget and breaker)."""
-        max_bytes = self._wire.max_response_bytes
-
-        def decode(raw: RawResponse) -> InvoicePayment:
-            return _decode.decode_payment(
-                raw, operation=Operation.STATUS, max_bytes=max_bytes, customer=customer
-            )
-
-        return await self._read(
-            Operation.STATUS,
-            [("merchant_id", self._credentials.merchant_id), ("customer", customer)],
-            decode,
-            policy=policy,
-            call=call,
-            deadline=deadline,
-            guarded=False,
-        )
-
-    async def _reconcile(
-        self,
-        customer: str,
-        policy: RetryPolicy,
-        deadline: float,
-        call: _Call,
-        *,
-        cause: FreedomPayError,
-    ) -> InvoicePayment:
-        """Ask the status by customer after an ambiguous pay; failures become ambiguous."""
-        window = max(deadline, self._clock.monotonic() + RECONCILE_MIN_WINDOW)
         try:
-            return await self._status_read(customer, policy=policy, call=call, deadline=window)
-        except FreedomPayError as exc:
-            exc.__context__ = cause
-            raise self._ambiguous(call, customer, "its status could not be read") from exc
+            request = build_request(
+                Operation.PAY,
+                [("customer", customer), ("user_id", user_id), ("card_token", card_token)],
+                credentials=self._credentials,
+                wire=self._wire,
+            )
+            max_bytes = self._wire.max_response_bytes
 
-    async def _poll_until_terminal(
-        self,
-        customer: str,
-        payment: InvoicePayment,
-        poll: PollPolicy,
-        policy: RetryPolicy,
-        call: _Call,
-    ) -> InvoicePayment:
-        """Poll the status by customer until terminal or `poll.timeout`; never pays again."""
-        clock = self._clock
-        end = clock.monotonic() + poll.timeout
-        last = payment
-        number = 0
-        while True:
-            delay = poll_delay(number, poll, self._rng)
-            number += 1
-            now = clock.monotonic()
-            if now + delay > end:
-                pending = PaymentPending(
-                    f"pay for customer={customer} still {last.invoice_status.value} after "
-                    f"polling {poll.timeout:g}s; poll invoice_status(customer={customer!r}) "
-                    "later or wait for the result_url notification",
-                    operation="pay",
-                    attempts=call.attempts,
-                    payment=last,
-                )
-                self._event(
-                    call, delay=0.0, outcome=Outcome.PENDING, action="giveup", cause=pending
-                )
-                raise pending
-            await clock.sleep(delay)
-            read_deadline = clock.monotonic() + min(policy.deadline, max(end - now, 1.0))
-            try:
-                status = await self._status_read(
-                    customer, policy=policy, call=call, deadline=read_deadline
-                )
-            except FreedomPayError as exc:
-                # A missed poll is not an outcome: the next one may succeed before the timeout.
-                logger.warning(
-                    "poll read failed (%s %s) %s",
-                    type(exc).__name__,
-                    getattr(exc, "error_code", None) or "",
-                    _fmt_context(call.context),
-                )
-                continue
-            last = status
-            if status.is_terminal:
-                return status
+            def decode(raw: RawResponse) -> InvoicePayment:
+                return _decode.decode_payment(raw, max_bytes=max_bytes, customer=customer)
+
+            return cast("InvoicePayment", await self._drive(call, request, decode))
+        finally:
+            await self._guard.finish(customer, state=call.guard_state)
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -979,35 +651,24 @@ class FreedomPayClient:
             The outcome; `FreedomPayError`s become `outcome.error`.
         """
         start = self._clock.monotonic()
-        call = _Call(operation=Operation.PAY, context={"customer": request.customer})
+        call = self._pay_call(request.customer, wait=wait, retry=None, poll=None)
+        payment: InvoicePayment | None = None
+        error: FreedomPayError | None = None
         try:
-            payment, _ = await self._pay_guarded(
+            payment = await self._pay(
+                call,
                 customer=request.customer,
                 user_id=request.user_id,
                 card_token=request.card_token,
-                wait=wait,
-                retry=None,
-                poll=None,
-                call=call,
-            )
-        except PaymentPending as exc:
-            return PayOutcome(
-                request=request,
-                payment=exc.payment,
-                error=exc,
-                attempts=call.attempts,
-                elapsed=self._clock.monotonic() - start,
             )
         except FreedomPayError as exc:
-            return PayOutcome(
-                request=request,
-                error=exc,
-                attempts=call.attempts,
-                elapsed=self._clock.monotonic() - start,
-            )
+            error = exc
+            if isinstance(exc, PaymentPending):
+                payment = exc.payment
         return PayOutcome(
             request=request,
             payment=payment,
+            error=error,
             attempts=call.attempts,
             elapsed=self._clock.monotonic() - start,
         )
@@ -1066,5 +727,7 @@ def _check_text(name: str, value: object, *, max_len: int) -> None:
         raise ConfigurationError(f"{name} must be at most {max_len} characters")
 
 
-def _fmt_context(context: dict[str, str]) -> str:
-    return " ".join(f"{key}={value}" for key, value in context.items())
+def _closed(operation: str) -> ClientClosedError:
+    if operation == "FreedomPayClient is closed":
+        return ClientClosedError(operation)
+    return ClientClosedError(f"{operation}: the client was closed; not sent", operation=operation)

@@ -20,6 +20,7 @@ from freedompay_async._exceptions import (
     FreedomPayError,
     PaymentPending,
 )
+from freedompay_async.masking import mask_pan, mask_pans, mask_token
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -31,6 +32,7 @@ __all__ = [
     "InvoicePayment",
     "InvoiceStatus",
     "OutcomeState",
+    "PayClaim",
     "PayOutcome",
     "PayRequest",
 ]
@@ -82,9 +84,14 @@ def _nonempty(_inst: object, attribute: attrs.Attribute[str], value: str) -> Non
         raise ConfigurationError(f"{attribute.name} must be a non-empty string")
 
 
-def _mask_token(token: str) -> str:
-    """Show only the last four characters of a card token."""
-    return "…" + token[-4:] if len(token) > 4 else "…"  # noqa: PLR2004 - four is the masking rule
+def _pan(value: str | None) -> str | None:
+    """Keep a card number masked (first six, last four digits) whatever the gateway sent."""
+    return None if value is None else mask_pan(value)
+
+
+def _free_text(value: str | None) -> str | None:
+    """Mask any card number inside a free-text field the gateway sent."""
+    return None if value is None else mask_pans(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -126,9 +133,11 @@ class InvoicePayment:
         customer: The invoice's customer token, when the call knew it.
         amount: The invoice amount, or None.
         currency: The currency code, or None.
-        card_pan: The masked card number (as sent: the gateway masks it), or None.
+        card_pan: The masked card number, or None. The gateway masks it; a full number it sent
+            anyway is masked here to its first six and last four digits, so no model, `repr` or
+            pickle ever holds a full PAN.
         error_code: An error code sent along an `ok` reply (for a declined payment), or None.
-        error_description: The text for `error_code`, or None.
+        error_description: The text for `error_code` (card numbers in it masked), or None.
         dt: When the gateway answered, timezone-aware, or None.
     """
 
@@ -139,9 +148,9 @@ class InvoicePayment:
     customer: str | None = None
     amount: Decimal | None = None
     currency: str | None = None
-    card_pan: str | None = None
+    card_pan: str | None = attrs.field(default=None, converter=_pan)
     error_code: int | None = None
-    error_description: str | None = None
+    error_description: str | None = attrs.field(default=None, converter=_free_text)
     dt: datetime | None = None
 
     @property
@@ -156,12 +165,12 @@ class InvoiceInfo(InvoicePayment):
     The reply to `invoice_info`: the payment state plus the invoice's description and QR.
 
     Attributes:
-        description: The invoice's description, or None.
+        description: The invoice's description (card numbers in it masked), or None.
         qr: The raw `invoice_methods/qr` value, or None.
         qr_url: The payment-page URL decoded from `qr`, or None.
     """
 
-    description: str | None = None
+    description: str | None = attrs.field(default=None, converter=_free_text)
     qr: str | None = None
     qr_url: str | None = None
 
@@ -180,7 +189,7 @@ class PayRequest:
 
     customer: str = attrs.field(validator=_nonempty)
     user_id: str = attrs.field(validator=_nonempty)
-    card_token: str = attrs.field(validator=_nonempty, repr=_mask_token)
+    card_token: str = attrs.field(validator=_nonempty, repr=mask_token)
     key: object = None
 
 
@@ -269,6 +278,10 @@ class BatchProgress:
     elapsed: float
 
 
+#: The largest amount the SDK sends (the gateway documents amounts of 0.01-99999999).
+MAX_AMOUNT = Decimal(99_999_999)
+
+
 def parse_amount(value: object) -> Decimal:
     """
     Validate a money amount given by a caller.
@@ -280,7 +293,8 @@ def parse_amount(value: object) -> Decimal:
         The amount as a `Decimal`.
 
     Raises:
-        ConfigurationError: A float, a non-number, a value <= 0 or more than two decimals.
+        ConfigurationError: A float, a non-number, a value <= 0, above `MAX_AMOUNT`, or more than
+            two decimals.
     """
     if isinstance(value, bool) or not isinstance(value, Decimal | int):
         raise ConfigurationError(
@@ -289,7 +303,38 @@ def parse_amount(value: object) -> Decimal:
     amount = Decimal(value)
     if not amount.is_finite() or amount <= 0:
         raise ConfigurationError(f"amount must be a positive finite number, got {amount}")
+    if amount > MAX_AMOUNT:
+        raise ConfigurationError(f"amount must be at most {MAX_AMOUNT}")
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -2:  # noqa: PLR2004 - cents are the smallest unit
         raise ConfigurationError(f"amount must have at most two decimals, got {amount}")
     return amount
+
+
+@attrs.frozen(kw_only=True)
+class PayClaim:
+    """
+    A duplicate guard's answer to `claim(customer)`.
+
+    Attributes:
+        granted: Whether the caller may send the pay now (and must `finish` it after).
+        reason: Why the pay was refused, or None when granted.
+        prior_state: The state the guard holds for the customer (`paid`, `pending`,
+            `ambiguous`, ...): recorded before this claim or, when the claim settled an earlier
+            pay by its status (kind `landed`), the state just learned; None for a customer never
+            claimed.
+        kind: A short tag for the decision (`fresh`, `busy`, `settled`, ...), for guards that
+            tell more than granted/refused.
+        payment: The status read that settled an earlier pay of the customer during this
+            claim, if the guard read one.
+    """
+
+    granted: bool
+    reason: str | None = None
+    prior_state: str | None = None
+    kind: str | None = None
+    payment: InvoicePayment | None = None
+
+
+#: The granted claim of a customer never seen before.
+CLAIM_GRANTED = PayClaim(granted=True, kind="fresh")

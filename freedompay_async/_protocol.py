@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from freedompay_async._validate import check_fields
+from freedompay_async.masking import printable
 from freedompay_async.signing import jws_detached, jws_payload
 
 if TYPE_CHECKING:
@@ -66,7 +68,10 @@ class OutgoingRequest:
         path: The endpoint path.
         body: The exact body bytes.
         headers: Content-Type, Accept and X-JWS-Signature; never logged.
-        context: Non-secret identifiers for logs and errors (`customer`, `order_id`, ...).
+        context: Non-secret identifiers for logs and errors (`customer`, `order_id`, ...),
+            control characters already escaped.
+        sensitive: The values a reply must never be kept with (the signature, the card token):
+            an exception built from the reply redacts every occurrence.
     """
 
     operation: Operation
@@ -74,6 +79,7 @@ class OutgoingRequest:
     body: bytes = attrs.field(repr=False)
     headers: Mapping[str, str] = attrs.field(repr=False)
     context: Mapping[str, str] = attrs.field(factory=dict)
+    sensitive: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -84,16 +90,20 @@ class RawResponse:
     Attributes:
         status: The HTTP status code.
         headers: Reply headers with lower-cased names.
-        body: The body, at most the configured size cap.
+        body: The body (decoded from its Content-Encoding), at most the size cap plus one byte.
+        sensitive: The request's `sensitive` values, for redaction in any exception built from
+            this reply.
     """
 
     status: int
     headers: Mapping[str, str]
     body: bytes = attrs.field(repr=False)
+    sensitive: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
 _BOUNDARY_BASE = "freedompay-async-8f1c62a0b4e7"
 _CONTEXT_FIELDS = ("customer", "order_id", "invoice_id")
+_SENSITIVE_FIELDS = frozenset({"card_token"})
 
 
 def _boundary(values: Sequence[str]) -> str:
@@ -149,7 +159,11 @@ def build_request(
 
     Returns:
         The request, body serialised and signed.
+
+    Raises:
+        ConfigurationError: A field breaks its rule (`_validate.check_fields`); nothing is built.
     """
+    check_fields(fields)
     if wire.body_format == "json":
         typed = [(name, _json_value(name, value)) for name, value in fields]
         body = jws_payload(typed)
@@ -174,11 +188,13 @@ def build_request(
         "Accept": "application/xml",
         "X-JWS-Signature": signature,
     }
-    context = {name: str(value) for name, value in fields if name in _CONTEXT_FIELDS}
+    context = {name: printable(value) for name, value in fields if name in _CONTEXT_FIELDS}
+    sensitive = (signature, *(str(value) for name, value in fields if name in _SENSITIVE_FIELDS))
     return OutgoingRequest(
         operation=operation,
         path=operation.path,
         body=body,
         headers=headers,
         context=context,
+        sensitive=sensitive,
     )

@@ -14,9 +14,10 @@ Rules, in the order they are applied:
 2. `PERMANENT` (any other gateway error, other HTTP 4xx, a bad signature) and `LOCAL` (the
    client's breaker refused) are raised at once: sending again cannot change them.
 3. **A pay is never resent after it may have been written.** `AMBIGUOUS` (read timeout, connection
-   lost, HTTP 500/502/504, a reply that is not XML) and `TRANSIENT` (error 1000) on pay lead to
-   reconcile: wait `reconcile_grace`, then ask the invoice's status by `customer`. The same
-   outcomes on init, status and info are resent: they cannot charge anyone.
+   lost, HTTP 500/502/504, any other 5xx, 1xx or 3xx, a reply that is not XML) and `TRANSIENT`
+   (error 1000) on pay lead to reconcile (`_call`): wait `reconcile_grace`, then ask the
+   invoice's status by `customer`. The same outcomes on init, status and info are resent: they
+   cannot charge anyone.
 4. `NOT_SENT` (connect error or timeout, no gate slot) and `REFUSED` (HTTP 429, 503) are resent for
    every operation: the gateway never acted on the request.
 5. A resend waits `backoff(n)` (full jitter), raised to a capped `Retry-After` hint. The call gives
@@ -34,12 +35,13 @@ from __future__ import annotations
 import email.utils
 import enum
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import attrs
 
 from freedompay_async._exceptions import (
     CircuitOpenError,
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ConnectionLost,
@@ -64,6 +66,8 @@ __all__ = [
     "CircuitBreaker",
     "Decision",
     "Outcome",
+    "OutcomeName",
+    "RetryAction",
     "RetryBudget",
     "RetryEvent",
     "Verb",
@@ -86,6 +90,14 @@ class Outcome(enum.Enum):
     LOCAL = "local"
     PENDING = "pending"
     SETTLED = "settled"
+
+
+#: `RetryEvent.outcome`: the value of an `Outcome`.
+OutcomeName: TypeAlias = Literal[
+    "not_sent", "refused", "ambiguous", "transient", "permanent", "local", "pending", "settled"
+]
+#: `RetryEvent.action`: what the call does after the attempt.
+RetryAction: TypeAlias = Literal["resend", "reconcile", "giveup"]
 
 
 class Verb(enum.Enum):
@@ -132,8 +144,8 @@ class RetryEvent:
     operation: str
     attempt: int
     delay: float
-    outcome: str
-    action: str
+    outcome: OutcomeName
+    action: RetryAction
     cause: FreedomPayError
     context: dict[str, str]
 
@@ -141,6 +153,7 @@ class RetryEvent:
 # Exception class -> outcome, most specific first (the first isinstance match wins).
 _EXCEPTION_OUTCOMES: tuple[tuple[type[FreedomPayError], Outcome], ...] = (
     (CircuitOpenError, Outcome.LOCAL),
+    (ClientClosedError, Outcome.LOCAL),
     (ConfigurationError, Outcome.LOCAL),
     (_PoolTimeout, Outcome.NOT_SENT),
     (_ConnectTimeout, Outcome.NOT_SENT),
@@ -199,8 +212,9 @@ def classify(result: object, *, moves_money: bool) -> Outcome:
         listed = HTTP_STATUS_OUTCOMES.get(code)
         if listed is not None:
             return listed
-        # An unlisted 5xx may come after the gateway acted: the unsafe side, like the unknown.
-        return Outcome.AMBIGUOUS if code >= 500 else Outcome.PERMANENT  # noqa: PLR2004
+        # An unlisted 5xx, 1xx or 3xx may come after the gateway acted: the unsafe side, like
+        # the unknown. Only another 4xx (the gateway refused at the HTTP layer) is permanent.
+        return Outcome.PERMANENT if 400 <= code < 500 else Outcome.AMBIGUOUS  # noqa: PLR2004
     if isinstance(result, FreedomPayError):
         for cls, outcome in _EXCEPTION_OUTCOMES:
             if isinstance(result, cls):

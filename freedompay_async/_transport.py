@@ -2,44 +2,78 @@
 The one module that talks to aiohttp's client: session, FIFO gate, timeouts, error mapping.
 
 One exchange is: wait for a gate slot (bounded by `Timeouts.pool`), write the pre-serialised
-body, read at most the size cap of the reply, release the connection and the slot, and return
-plain bytes. Nothing here sleeps between attempts or decides anything: a slot is never held
-across a backoff, a reconcile grace or a poll interval.
+body, read the reply decoded chunk by chunk under the size cap, release the connection and the
+slot, and return plain bytes. Nothing here sleeps between attempts or decides anything: a slot is
+never held across a backoff, a reconcile grace or a poll interval.
 
-Why a gate in front of the connector: aiohttp's connector hands an idle connection to whoever
-asks next before it looks at its queue of waiters, so under load a task that just released a
-connection takes it straight back and queued callers starve (p99 in seconds). The gate is FIFO
-and has the connector's size, so the connector's own queue never forms.
+The call's deadline bounds the whole exchange: gate wait, connect, write, headers and body. The
+per-attempt timeouts (`Timeouts.connect`, `Timeouts.read`) are capped by the time left, and one
+timer armed at the deadline (plus `DEADLINE_SLACK`) cuts a reply that keeps dripping bytes, which
+`sock_read` alone never would: it only bounds the gap between two bytes.
 
-Every aiohttp exception is mapped to the most specific public class, with `raise ... from`:
-connect-phase failures are *not sent*; anything that can happen once the request may be written
-is *ambiguous*; an unknown error maps to the unsafe side.
+The size cap counts decoded bytes. aiohttp's own decompression is switched off for every request
+(`auto_decompress=False`, also on a caller's session); `_inflate` decodes gzip and deflate with a
+bound on each step's output, so a compression bomb costs at most the cap. Over the cap the
+connection is closed, never returned to the pool, and the decoder refuses the reply.
+
+Idle pooled connections older than `Timeouts.keepalive` are closed instead of reused: a server
+that closes idle connections would otherwise race a pay written on a socket it is closing, and
+that pay would come back ambiguous.
+
+A FIFO gate (`_gate.FifoGate`) sized like the connector stands in front of it, so aiohttp's own
+queue of waiters (which lets a releasing task take its connection straight back) never forms.
+
+Every aiohttp exception is mapped to the most specific public class: connect-phase failures are
+*not sent*; anything that can happen once the request may be written is *ambiguous*; an unknown
+error maps to the unsafe side. The aiohttp exception itself is never chained (its `request_info`
+holds the request headers, the signature among them): the cause is a `TransportCause` with its
+class name and redacted message, raised outside the `except` block so `__context__` is clear too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
 
+from freedompay_async._config import check_base_url
 from freedompay_async._exceptions import (
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ConnectionLost,
     ConnectTimeout,
+    DecodeError,
     FreedomPayError,
     PoolTimeout,
     ReadTimeout,
+    TransportCause,
 )
+from freedompay_async._gate import FifoGate
+from freedompay_async._inflate import ACCEPT_ENCODING, InflateError, Inflater
 from freedompay_async._protocol import Operation, OutgoingRequest, RawResponse
+from freedompay_async.masking import printable, redact_text
 
 if TYPE_CHECKING:
     from freedompay_async._config import Timeouts
 
-__all__ = ["AIOHTTP_ERROR_MAP", "FifoGate", "Transport", "map_client_error"]
+__all__ = [
+    "AIOHTTP_ERROR_MAP",
+    "DEADLINE_SLACK",
+    "FifoGate",
+    "Transport",
+    "map_client_error",
+    "transport_cause",
+]
+
+#: Seconds the exchange may run past the call's deadline before its timer cuts it: the
+#: per-attempt timeouts (capped by the time left) fire first and keep their precise class.
+DEADLINE_SLACK = 0.05
+#: Raw body bytes read beyond the decoded cap before a reply counts as too large.
+_INPUT_SLACK = 64 * 1024
+_DETAIL_CHARS = 300
 
 #: aiohttp exception -> public class, most specific first; the first isinstance match wins.
 AIOHTTP_ERROR_MAP: tuple[tuple[type[BaseException], type[FreedomPayError]], ...] = (
@@ -86,60 +120,19 @@ def map_client_error(exc: BaseException, operation: str) -> FreedomPayError:
     return cls(f"{operation}: {_MESSAGES[cls]} ({detail})", operation=operation)
 
 
-class FifoGate:
+def transport_cause(exc: BaseException) -> TransportCause:
     """
-    A FIFO semaphore: slots go to waiters strictly in arrival order.
+    Describe a library exception without the request it carried.
 
-    A waiter cancelled while queued leaves the queue; one cancelled just after a slot was handed
-    to it passes the slot on, so no slot leaks and none is stolen.
+    Args:
+        exc: The aiohttp (or timeout) exception.
+
+    Returns:
+        A `TransportCause` with the exception's class name and its message, redacted and
+        escaped; none of its attributes (`request_info`, headers, history) are kept.
     """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free = size
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    @property
-    def in_use(self) -> int:
-        """Slots currently held."""
-        return self.size - self._free
-
-    @property
-    def waiting(self) -> int:
-        """Callers queued for a slot."""
-        return len(self._waiters)
-
-    def try_acquire(self) -> bool:
-        """Take a slot without waiting; False when none is free or others are queued."""
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        """Wait for a slot, in arrival order."""
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # the slot arrived together with the cancellation: pass it on
-            else:
-                self._waiters.remove(future)
-            raise
-
-    def release(self) -> None:
-        """Give a slot back, to the longest waiter if any."""
-        while self._waiters:
-            future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-                return
-        self._free += 1
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return TransportCause(kind, printable(redact_text(str(exc))[:_DETAIL_CHARS]))
 
 
 class Transport:
@@ -147,7 +140,11 @@ class Transport:
     Sends `OutgoingRequest`s over one long-lived aiohttp session.
 
     The session is created lazily inside the running loop. A caller-owned session is used as it
-    is and never closed; its connector's limit caps the gate.
+    is and never closed; its connector's limit caps the gate. Its keep-alive setting is its own:
+    `Timeouts.keepalive` applies to the session the transport creates.
+
+    Raises:
+        ConfigurationError: *base_url* is not a valid http(s) URL (`_config.check_base_url`).
     """
 
     def __init__(
@@ -159,10 +156,9 @@ class Transport:
         timeouts: Timeouts,
         session: aiohttp.ClientSession | None,
         user_agent: str,
+        accept_encoding: str = ACCEPT_ENCODING,
     ) -> None:
-        self._base = URL(base_url.rstrip("/"))
-        if not self._base.is_absolute() or self._base.scheme not in ("http", "https"):
-            raise ConfigurationError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
+        self._base = URL(check_base_url(base_url))
         self._urls = {
             op: self._base.with_path(self._base.path.rstrip("/") + op.path) for op in Operation
         }
@@ -170,13 +166,22 @@ class Transport:
         self._owns_session = session is None
         self._max_bytes = max_response_bytes
         self._user_agent = user_agent
+        self._accept_encoding = accept_encoding
         limit = max_concurrency
         if session is not None and session.connector is not None and session.connector.limit:
             limit = min(limit, session.connector.limit)
         self.gate = FifoGate(limit)
         self._timeouts = timeouts
         self._default_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+            total=None,
+            connect=timeouts.connect,
+            sock_connect=timeouts.connect,
+            sock_read=timeouts.read,
+        )
+        # A caller's session gets the header per request; the transport's own session has it
+        # among its defaults, so the common path builds no extra dict.
+        self._extra_headers: dict[str, str] | None = (
+            {"Accept-Encoding": accept_encoding} if session is not None else None
         )
 
     @property
@@ -194,14 +199,17 @@ class Transport:
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self.gate.size,
-                # Short keep-alive: a pooled socket the server already closed fails as
-                # ambiguous on pay, so idle sockets are not kept long.
-                keepalive_timeout=15.0,
+                # An idle socket older than this is closed, not reused: it may be one the
+                # server is closing, and a pay written on it would come back ambiguous.
+                keepalive_timeout=self._timeouts.keepalive,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers={"User-Agent": self._user_agent},
-                auto_decompress=True,
+                headers={
+                    "User-Agent": self._user_agent,
+                    "Accept-Encoding": self._accept_encoding,
+                },
+                auto_decompress=False,
             )
 
     async def close(self) -> None:
@@ -214,29 +222,36 @@ class Transport:
         if remaining >= timeouts.read and remaining >= timeouts.connect:
             return self._default_timeout
         bound = max(remaining, 0.001)
+        connect = min(timeouts.connect, bound)
         return aiohttp.ClientTimeout(
             total=None,
-            sock_connect=min(timeouts.connect, bound),
+            connect=connect,
+            sock_connect=connect,
             sock_read=min(timeouts.read, bound),
         )
 
     async def send(self, request: OutgoingRequest, *, remaining: float) -> RawResponse:
         """
-        Perform one exchange.
+        Perform one exchange, all of it within *remaining* seconds.
 
         Args:
             request: The request to send.
-            remaining: Seconds left before the call's deadline; each timeout is capped by it.
+            remaining: Seconds left before the call's deadline. The gate wait, connect, write,
+                headers and body all end by then (plus `DEADLINE_SLACK`).
 
         Returns:
-            The reply: status, headers and at most `max_response_bytes + 1` body bytes.
+            The reply: status, headers and the body decoded from its Content-Encoding, at most
+            `max_response_bytes + 1` bytes (one more than the cap tells the decoder to refuse
+            it; the connection is then closed, not pooled).
 
         Raises:
-            PoolTimeout: No gate slot in time (not sent).
+            PoolTimeout: No gate slot in time, or no time left at all (not sent).
             ConnectTimeout: No connection in time (not sent).
             ConnectError: The connection failed (not sent).
-            ReadTimeout: No reply in time once written (ambiguous).
+            ReadTimeout: No complete reply in time once written, or the deadline passed
+                (ambiguous).
             ConnectionLost: The connection broke once the request may have been written.
+            DecodeError: The reply's Content-Encoding is unsupported, corrupt or truncated.
             ConfigurationError: The URL is invalid.
         """
         session = self._session
@@ -246,45 +261,112 @@ class Transport:
             assert session is not None  # noqa: S101 - open() just set it
         operation = request.operation.value
         gate = self.gate
+        if remaining <= 0:
+            raise PoolTimeout(
+                f"{operation}: the call's deadline passed before the request was sent; not sent",
+                operation=operation,
+            )
+        # A free slot is taken at once: the pool timeout (a timer armed and cancelled) is only
+        # paid by a caller that really waits.
+        if not gate.try_acquire():
+            await self._wait_for_slot(operation, remaining)
+        if session.closed:
+            # Closed while this request waited for a slot: it was never written.
+            gate.release()
+            raise ClientClosedError(
+                f"{operation}: the client was closed before this request was sent; not sent",
+                operation=operation,
+            )
+        error: FreedomPayError | None = None
+        cause: TransportCause | None = None
         try:
-            # A free slot is taken at once: the pool timeout (a timer armed and cancelled) is
-            # only paid by a caller that really waits.
-            if not gate.try_acquire():
-                async with asyncio.timeout(max(min(self._timeouts.pool, remaining), 0.0)):
-                    await gate.acquire()
-        except TimeoutError as exc:
+            scope = asyncio.timeout(remaining + DEADLINE_SLACK)
+            try:
+                async with scope:
+                    return await self._exchange(session, request, remaining)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                cause = transport_cause(exc)
+                if scope.expired():
+                    error = ReadTimeout(
+                        f"{operation}: the call's deadline passed before the reply was complete; "
+                        "the request may have been processed",
+                        operation=operation,
+                    )
+                else:
+                    error = map_client_error(exc, operation)
+        finally:
+            gate.release()
+        # Raised here, outside the except block: the aiohttp exception is not even __context__.
+        raise error from cause
+
+    async def _wait_for_slot(self, operation: str, remaining: float) -> None:
+        timed_out = False
+        try:
+            async with asyncio.timeout(min(self._timeouts.pool, remaining)):
+                await self.gate.acquire()
+        except TimeoutError:
+            timed_out = True
+        if timed_out:
             raise PoolTimeout(
                 f"{operation}: no connection slot free within the pool timeout; not sent",
                 operation=operation,
-            ) from exc
-        try:
-            async with session.post(
-                self._urls[request.operation],
-                data=request.body,
-                headers=request.headers,
-                timeout=self._timeout_for(remaining),
-                allow_redirects=False,
-            ) as response:
-                body = await self._read_capped(response)
-                return RawResponse(status=response.status, headers=response.headers, body=body)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise map_client_error(exc, operation) from exc
-        finally:
-            gate.release()
+            )
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
-        """Read the body, at most the cap plus one byte (enough for the decoder to refuse it)."""
+    async def _exchange(
+        self, session: aiohttp.ClientSession, request: OutgoingRequest, remaining: float
+    ) -> RawResponse:
+        headers = request.headers
+        if self._extra_headers is not None:
+            headers = {**headers, **self._extra_headers}
+        async with session.post(
+            self._urls[request.operation],
+            data=request.body,
+            headers=headers,
+            timeout=self._timeout_for(remaining),
+            allow_redirects=False,
+            auto_decompress=False,
+        ) as response:
+            try:
+                body = await self._read_decoded(response)
+            except InflateError as exc:
+                response.close()  # a reply not read to its end never goes back to the pool
+                raise DecodeError(
+                    f"{request.operation.value} reply refused: {exc}",
+                    operation=request.operation.value,
+                    status_code=response.status,
+                    headers=response.headers,
+                    redact=request.sensitive,
+                ) from exc
+            except BaseException:
+                response.close()
+                raise
+            return RawResponse(
+                status=response.status,
+                headers=response.headers,
+                body=body,
+                sensitive=request.sensitive,
+            )
+
+    async def _read_decoded(self, response: aiohttp.ClientResponse) -> bytes:
+        """
+        Read and decode the body chunk by chunk, at most the cap plus one decoded byte.
+
+        Raises:
+            InflateError: The encoding is unsupported, or the data corrupt or truncated.
+        """
         cap = self._max_bytes
+        inflater = Inflater(
+            response.headers.get("Content-Encoding"), cap=cap, max_input=cap + _INPUT_SLACK
+        )
         length = response.content_length
-        if length is not None and length <= cap:
-            return await response.read()
-        chunks: list[bytes] = []
-        size = 0
-        while size <= cap:
-            chunk = await response.content.read(cap + 1 - size)
+        if inflater.encoding == "identity" and length is not None and length <= cap:
+            return await response.read()  # the common reply: its length is known and small
+        content = response.content
+        while True:
+            chunk = await content.readany()
             if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-        response.close()  # the rest is never read: do not return this socket to the pool
-        return b"".join(chunks)
+                break
+            if inflater.feed(chunk):
+                response.close()  # the rest is never read: this socket is not pooled
+                break
+        return inflater.finish()

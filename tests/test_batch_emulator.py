@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from freedompay_async import (
-    ConfigurationError,
+    DuplicatePayError,
     FreedomPayClient,
     PayOutcome,
     PayRequest,
@@ -110,7 +110,7 @@ async def test_concurrency_bounds_the_requests_in_flight(
 
 
 async def test_the_same_customer_twice_in_a_batch_is_paid_once() -> None:
-    """A duplicate customer is refused with a ConfigurationError; the gateway charged once."""
+    """A duplicate customer is refused with a DuplicatePayError; the gateway charged once."""
     async with FreedomPayEmulator(seed=3, adversarial=True) as emu:
         twice, other = emu.create_invoices(2, fate=Fate.paid())
         batch = [
@@ -126,7 +126,7 @@ async def test_the_same_customer_twice_in_a_batch_is_paid_once() -> None:
         for_twice = [o for o in outcomes if o.request.customer == twice]
         assert sorted(o.state for o in for_twice) == ["error", "paid"]
         refused = next(o for o in for_twice if o.state == "error")
-        assert isinstance(refused.error, ConfigurationError)
+        assert isinstance(refused.error, DuplicatePayError)
         assert "already" in str(refused.error)
         assert refused.attempts == 0
         assert emu.charges(twice) == 1
@@ -144,7 +144,7 @@ async def test_a_duplicate_of_an_earlier_batch_is_refused(
         again = [o async for o in client.pay_invoices(requests_for([customer]))]
     assert [o.state for o in first] == ["paid"]
     assert [o.state for o in again] == ["error"]
-    assert isinstance(again[0].error, ConfigurationError)
+    assert isinstance(again[0].error, DuplicatePayError)
     assert emulator.stats.by_operation["pay"] == 1
 
 

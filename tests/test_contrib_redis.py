@@ -16,15 +16,29 @@ pytest.importorskip("redis", reason="the 'arq' extra (redis) is not installed")
 from redis.asyncio import Redis
 from redis_server import RedisServer
 
-from freedompay_async import ConfigurationError, InvoicePayment, InvoiceStatus, PoolTimeout
+from freedompay_async import (
+    ConfigurationError,
+    DuplicatePayError,
+    InvoicePayment,
+    InvoiceStatus,
+    PoolTimeout,
+)
 from freedompay_async.contrib.redis_guard import (
     RedisPayGuard,
     RedisRateLimiter,
-    record_claims,
     settle_by_status,
     state_of_status,
 )
+from freedompay_async.settlement import SettlePolicy
 from freedompay_async.testing import FreedomPayEmulator
+
+#: A status-read window of 0 s: a status of new proves at once that an earlier pay never landed
+#: (the opt-in; by default new proves nothing).
+NEW_IS_PROOF = SettlePolicy(new_proves_not_landed_after=0.0)
+
+
+def _status(status: InvoiceStatus) -> InvoicePayment:
+    return InvoicePayment(invoice_status=status)
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +87,10 @@ async def test_many_concurrent_claimers_exactly_one_wins(redis, connections) -> 
     customers = [f"cust-{n}" for n in range(20)]
     try:
         for customer in customers:
-            refusals = await asyncio.gather(*(guard.claim(customer) for guard in guards))
-            winners = [i for i, refusal in enumerate(refusals) if refusal is None]
+            claims = await asyncio.gather(*(guard.claim(customer) for guard in guards))
+            winners = [i for i, claim in enumerate(claims) if claim.granted]
             assert len(winners) == 1, customer
-            assert all("in flight" in r for r in refusals if r is not None)
+            assert all("in flight" in (c.reason or "") for c in claims if not c.granted)
             record = await guards[0].peek(customer)
             assert record.state == "claimed"
             assert record.holder is not None
@@ -99,7 +113,7 @@ async def test_concurrent_claimers_in_separate_processes_one_wins(redis, redis_u
         "    won = 0\n"
         "    for n in range(30):\n"
         "        got = await asyncio.gather(*(g.claim(f'c{n}') for g in guards))\n"
-        "        won += sum(r is None for r in got)\n"
+        "        won += sum(r.granted for r in got)\n"
         "    print(won, flush=True)\n"
         "    for g in guards:\n"
         "        await g.aclose()\n"
@@ -133,11 +147,12 @@ async def test_finish_paid_is_remembered_and_refuses_every_later_claim(redis, co
     """After finish(paid), claims from any worker are refused and name the state."""
     first = RedisPayGuard(connections[0], "m1")
     second = RedisPayGuard(connections[1], "m1")
-    assert await first.claim("c1") is None
+    assert (await first.claim("c1")).granted
     await first.finish("c1", state="paid")
     refusal = await second.claim("c1")
-    assert refusal is not None
-    assert "state=paid" in refusal
+    assert not refusal.granted
+    assert refusal.prior_state == "paid"
+    assert "state=paid" in (refusal.reason or "")
     record = await second.peek("c1")
     assert record.state == "paid"
     assert record.holder is None
@@ -149,24 +164,24 @@ async def test_finish_paid_is_remembered_and_refuses_every_later_claim(redis, co
 async def test_every_terminal_state_refuses_later_claims(redis, state) -> None:
     """States failed and expired are terminal too: the same customer is never claimed again."""
     guard = RedisPayGuard(redis, "m1")
-    assert await guard.claim("c1") is None
+    assert (await guard.claim("c1")).granted
     await guard.finish("c1", state=state)
-    with record_claims() as claims:
-        assert await guard.claim("c1") is not None
-    assert [(c.kind, c.state) for c in claims] == [("settled", state)]
+    claim = await guard.claim("c1")
+    assert not claim.granted
+    assert (claim.kind, claim.prior_state) == ("settled", state)
 
 
 async def test_finish_error_releases_the_claim_for_a_fresh_pay(redis, connections) -> None:
     """state=error means nothing was charged: the claim and its record go, a new claim is fresh."""
     first = RedisPayGuard(connections[0], "m1")
     second = RedisPayGuard(connections[1], "m1")
-    assert await first.claim("c1") is None
+    assert (await first.claim("c1")).granted
     await first.finish("c1", state="error")
     record = await second.peek("c1")
     assert (record.state, record.holder) == (None, None)
-    with record_claims() as claims:
-        assert await second.claim("c1") is None
-    assert claims[0].kind == "fresh"
+    claim = await second.claim("c1")
+    assert claim.granted
+    assert claim.kind == "fresh"
     await second.aclose()
 
 
@@ -174,12 +189,11 @@ async def test_a_held_claim_is_refused_and_kept_alive_by_the_heartbeat(redis, co
     """A claim outlives its TTL while its holder beats; others are refused as busy meanwhile."""
     holder = RedisPayGuard(connections[0], "m1", claim_ttl=0.4, heartbeat=0.1)
     other = RedisPayGuard(connections[1], "m1", claim_ttl=0.4)
-    assert await holder.claim("c1") is None
+    assert (await holder.claim("c1")).granted
     await asyncio.sleep(1.2)  # three TTLs
-    with record_claims() as claims:
-        refusal = await other.claim("c1")
-    assert refusal is not None
-    assert claims[0].kind == "busy"
+    refusal = await other.claim("c1")
+    assert not refusal.granted
+    assert refusal.kind == "busy"
     record = await other.peek("c1")
     assert record.claim_ttl is not None
     assert 0 < record.claim_ttl <= 0.4
@@ -190,7 +204,7 @@ async def test_a_held_claim_is_refused_and_kept_alive_by_the_heartbeat(redis, co
 async def test_a_stuck_pay_stops_renewing_after_max_hold(redis) -> None:
     """Past max_hold the heartbeat stops, so the claim of a stuck pay expires."""
     guard = RedisPayGuard(redis, "m1", claim_ttl=0.3, heartbeat=0.1, max_hold=0.5)
-    assert await guard.claim("c1") is None
+    assert (await guard.claim("c1")).granted
     assert (await guard.peek("c1")).holder is not None
     elapsed = await _wait_until(lambda: _no_holder(guard, "c1"), within=3.0)
     assert 0.5 <= elapsed <= 1.5
@@ -212,7 +226,7 @@ async def test_a_dead_workers_claim_expires_and_the_next_claimer_settles_first(
         "async def main():\n"
         "    guard = RedisPayGuard(Redis.from_url(sys.argv[1]), 'm1', claim_ttl=1.0,\n"
         "                          owner='doomed')\n"
-        "    assert await guard.claim('c1') is None\n"
+        "    assert (await guard.claim('c1')).granted\n"
         "    print('claimed', flush=True)\n"
         "    await asyncio.sleep(60)\n"
         "asyncio.run(main())\n"
@@ -226,27 +240,27 @@ async def test_a_dead_workers_claim_expires_and_the_next_claimer_settles_first(
         assert line.strip() == b"claimed"
         settled: list[str] = []
 
-        async def settle(customer: str) -> str | None:
+        async def settle(customer: str) -> InvoicePayment:
             settled.append(customer)
-            return "paid"  # the dead worker's pay had landed
+            return _status(InvoiceStatus.OK)  # the dead worker's pay had landed
 
         guard = RedisPayGuard(redis, "m1", claim_ttl=1.0, settle=settle)
         await asyncio.sleep(2.0)  # two TTLs: the live process keeps renewing
         record = await guard.peek("c1")
         assert record.holder is not None
         assert record.holder.startswith("doomed:")
-        assert "in flight" in (await guard.claim("c1") or "")
+        assert "in flight" in ((await guard.claim("c1")).reason or "")
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         expired_after = await _wait_until(lambda: _no_holder(guard, "c1"), within=3.0)
         assert expired_after <= 1.2
         assert settled == []
-        with record_claims() as claims:
-            refusal = await guard.claim("c1")
+        refusal = await guard.claim("c1")
         assert settled == ["c1"]
-        assert refusal is not None
-        assert "ended as paid" in refusal
-        assert (claims[0].kind, claims[0].state) == ("landed", "paid")
+        assert not refusal.granted
+        assert "ended as paid" in (refusal.reason or "")
+        assert (refusal.kind, refusal.prior_state) == ("landed", "paid")
+        assert refusal.payment is not None
         record = await guard.peek("c1")
         assert (record.state, record.holder) == ("paid", None)
     finally:
@@ -255,23 +269,25 @@ async def test_a_dead_workers_claim_expires_and_the_next_claimer_settles_first(
             await proc.wait()
 
 
-async def test_an_expired_claim_is_paid_only_when_status_reads_new(redis, connections) -> None:
-    """A crashed claim whose pay never landed: the hook says new, the next claimer may pay."""
+async def test_an_expired_claim_is_paid_when_new_is_proof(redis, connections) -> None:
+    """With new as proof (window 0), a crashed claim whose status reads new may be paid again."""
     crashed = RedisPayGuard(connections[0], "m1", claim_ttl=0.2, heartbeat=0)
-    assert await crashed.claim("c1") is None  # and never finishes
+    assert (await crashed.claim("c1")).granted  # and never finishes
     calls: list[str] = []
 
-    async def settle(customer: str) -> str | None:
+    async def settle(customer: str) -> InvoicePayment:
         calls.append(customer)
-        return None
+        return _status(InvoiceStatus.NEW)
 
-    survivor = RedisPayGuard(connections[1], "m1", claim_ttl=5.0, settle=settle)
-    assert await survivor.claim("c1") is not None  # still held
+    survivor = RedisPayGuard(
+        connections[1], "m1", claim_ttl=5.0, settle=settle, settle_policy=NEW_IS_PROOF
+    )
+    assert not (await survivor.claim("c1")).granted  # still held
     await _wait_until(lambda: _no_holder(survivor, "c1"), within=2.0)
-    with record_claims() as claims:
-        assert await survivor.claim("c1") is None
+    claim = await survivor.claim("c1")
+    assert claim.granted
     assert calls == ["c1"]
-    assert (claims[0].kind, claims[0].state) == ("reclaimed", "claimed")
+    assert (claim.kind, claim.prior_state) == ("reclaimed", "claimed")
     # the crashed worker's late finish must not release the survivor's claim
     await crashed.finish("c1", state="error")
     record = await survivor.peek("c1")
@@ -284,51 +300,49 @@ async def test_an_expired_claim_is_paid_only_when_status_reads_new(redis, connec
 async def test_without_a_settle_hook_a_customer_in_doubt_is_refused(redis) -> None:
     """No hook: an expired claim or a pending outcome is refused and the doubt is kept."""
     guard = RedisPayGuard(redis, "m1")
-    assert await guard.claim("c1") is None
+    assert (await guard.claim("c1")).granted
     await guard.finish("c1", state="pending")
-    with record_claims() as claims:
-        refusal = await guard.claim("c1")
-    assert refusal is not None
-    assert "invoice_status(customer='c1')" in refusal
-    assert (claims[0].kind, claims[0].state) == ("unsettled", "pending")
+    refusal = await guard.claim("c1")
+    assert not refusal.granted
+    assert "invoice_status(customer='c1')" in (refusal.reason or "")
+    assert (refusal.kind, refusal.prior_state) == ("unsettled", "pending")
     record = await guard.peek("c1")
     assert (record.state, record.holder) == ("pending", None)
     await guard.forget("c1")
-    assert await guard.claim("c1") is None
+    assert (await guard.claim("c1")).granted
     await guard.aclose()
 
 
 @pytest.mark.parametrize("doubt", ["pending", "ambiguous"])
 async def test_a_doubtful_state_is_settled_by_the_hook_before_paying(redis, doubt) -> None:
     """Pending and ambiguous outcomes are settled by status on the next claim, not paid blindly."""
-    answers = iter(["pending", "paid"])
+    answers = iter([_status(InvoiceStatus.PROCESS), _status(InvoiceStatus.OK)])
 
-    async def settle(_customer: str) -> str | None:
+    async def settle(_customer: str) -> InvoicePayment:
         return next(answers)
 
     guard = RedisPayGuard(redis, "m1", settle=settle)
-    assert await guard.claim("c1") is None
+    assert (await guard.claim("c1")).granted
     await guard.finish("c1", state=doubt)
-    assert "ended as pending" in (await guard.claim("c1") or "")
+    assert "ended as pending" in ((await guard.claim("c1")).reason or "")
     assert (await guard.peek("c1")).state == "pending"
-    assert "ended as paid" in (await guard.claim("c1") or "")
+    assert "ended as paid" in ((await guard.claim("c1")).reason or "")
     assert (await guard.peek("c1")).state == "paid"
 
 
 async def test_a_failing_settle_hook_refuses_and_keeps_the_doubt(redis) -> None:
     """A status read that fails refuses the pay, releases the claim and keeps the record."""
 
-    async def settle(_customer: str) -> str | None:
+    async def settle(_customer: str) -> InvoicePayment:
         raise ConnectionError("gateway down")
 
     guard = RedisPayGuard(redis, "m1", settle=settle)
-    assert await guard.claim("c1") is None
+    assert (await guard.claim("c1")).granted
     await guard.finish("c1", state="ambiguous")
-    with record_claims() as claims:
-        refusal = await guard.claim("c1")
-    assert refusal is not None
-    assert "ConnectionError" in refusal
-    assert claims[0].kind == "unsettled"
+    refusal = await guard.claim("c1")
+    assert not refusal.granted
+    assert "ConnectionError" in (refusal.reason or "")
+    assert refusal.kind == "unsettled"
     record = await guard.peek("c1")
     assert (record.state, record.holder) == ("ambiguous", None)
 
@@ -337,13 +351,13 @@ async def test_a_claim_cancelled_while_settling_is_given_back(redis) -> None:
     """Cancelling a claim during its status read releases the claim and keeps the doubt."""
     started = asyncio.Event()
 
-    async def settle(_customer: str) -> str | None:
+    async def settle(_customer: str) -> InvoicePayment:
         started.set()
         await asyncio.sleep(60)
-        return None
+        return _status(InvoiceStatus.NEW)
 
     guard = RedisPayGuard(redis, "m1", settle=settle)
-    assert await guard.claim("c1") is None
+    assert (await guard.claim("c1")).granted
     await guard.finish("c1", state="pending")
     task = asyncio.create_task(guard.claim("c1"))
     await asyncio.wait_for(started.wait(), timeout=5)
@@ -360,10 +374,10 @@ async def test_keys_are_namespaced_per_merchant(redis) -> None:
     """The same customer token under two merchants gives two independent claims."""
     one = RedisPayGuard(redis, "m1")
     two = RedisPayGuard(redis, 777)
-    assert await one.claim("c1") is None
-    assert await two.claim("c1") is None
+    assert (await one.claim("c1")).granted
+    assert (await two.claim("c1")).granted
     keys = sorted(k.decode() for k in await redis.keys("*"))
-    assert keys == [
+    assert keys == [  # a fresh claim records no write time
         "freedompay:777:{c1}:claim",
         "freedompay:777:{c1}:state",
         "freedompay:m1:{c1}:claim",
@@ -436,7 +450,7 @@ async def test_two_clients_sharing_the_guard_charge_each_invoice_once(
         for client in clients:
             await client.aclose()
     paid = [r for r in results if isinstance(r, InvoicePayment)]
-    refused = [r for r in results if isinstance(r, ConfigurationError)]
+    refused = [r for r in results if isinstance(r, DuplicatePayError)]
     assert len(paid) == 50
     assert len(refused) == 50
     assert all(p.invoice_status is InvoiceStatus.OK for p in paid)
@@ -453,7 +467,7 @@ async def test_settle_by_status_never_pays_a_crashed_workers_landed_pay(
     dead = make_client(guard=crashed_guard)
     try:
         for customer in (landed, lost):
-            assert await crashed_guard.claim(customer) is None  # claimed, then "crashed":
+            assert (await crashed_guard.claim(customer)).granted  # claimed, then "crashed":
         async with make_client() as bypass:  # ... but the first pay had already landed
             await bypass.pay_invoice(customer=landed, user_id="u1", card_token="tok-0001")
     finally:
@@ -463,15 +477,51 @@ async def test_settle_by_status_never_pays_a_crashed_workers_landed_pay(
     async with make_client(guard=guard) as client:
         guard.set_settle_hook(settle_by_status(client, on_payment=lambda _c, p: seen.append(p)))
         await _wait_until(lambda: _no_holder(guard, landed), within=2.0)
-        with pytest.raises(ConfigurationError, match="ended as paid"):
+        with pytest.raises(DuplicatePayError, match="ended as paid"):
             await client.pay_invoice(customer=landed, user_id="u1", card_token="tok-0001")
+        # new does not prove that the dead worker's pay never landed: refused by default
+        with pytest.raises(DuplicatePayError, match="may still land") as refused:
+            await client.pay_invoice(customer=lost, user_id="u1", card_token="tok-0001")
+    assert refused.value.claim is not None
+    assert refused.value.claim.kind == "unsettled"
+    assert emulator.charges(lost) == 0
+    opted_in = RedisPayGuard(connections[2], emulator.merchant_id, settle_policy=NEW_IS_PROOF)
+    async with make_client(guard=opted_in) as client:
+        opted_in.set_settle_hook(settle_by_status(client, on_payment=lambda _c, p: seen.append(p)))
         payment = await client.pay_invoice(customer=lost, user_id="u1", card_token="tok-0001")
     assert payment.invoice_status is InvoiceStatus.OK
-    assert [p.invoice_status for p in seen] == [InvoiceStatus.OK, InvoiceStatus.NEW]
+    assert [p.invoice_status for p in seen] == [
+        InvoiceStatus.OK,
+        InvoiceStatus.NEW,
+        InvoiceStatus.NEW,
+    ]
     assert emulator.charges(landed) == 1
     assert emulator.charges(lost) == 1
     assert (await guard.peek(landed)).state == "paid"
     assert (await guard.peek(lost)).state == "paid"
+
+
+async def test_a_finished_doubt_reads_new_as_proof_only_after_the_window(redis) -> None:
+    """An ambiguous pay whose status lags at new is paid again only once the window has passed."""
+    reads: list[str] = []
+
+    async def settle(customer: str) -> InvoicePayment:
+        reads.append(customer)
+        return _status(InvoiceStatus.NEW)
+
+    window = SettlePolicy(new_proves_not_landed_after=0.5)
+    guard = RedisPayGuard(redis, "m1", settle=settle, settle_policy=window)
+    assert (await guard.claim("c1")).granted
+    await guard.finish("c1", state="ambiguous")
+    early = await guard.claim("c1")
+    assert (early.granted, early.kind, early.prior_state) == (False, "unsettled", "ambiguous")
+    assert (await guard.peek("c1")).state == "ambiguous"
+    await asyncio.sleep(0.6)
+    late = await guard.claim("c1")
+    assert (late.granted, late.kind) == (True, "reclaimed")
+    assert reads == ["c1", "c1"]
+    await guard.finish("c1", state="paid")
+    await guard.aclose()
 
 
 # -- rate limiter ---------------------------------------------------------------------------

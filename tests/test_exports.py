@@ -45,6 +45,19 @@ CONTRACT_NAMES = {
     "AmbiguousPaymentError",
 }
 
+CLASSIC_NAMES = {
+    "SavedCard",
+    "CardAddition",
+    "RemovedCard",
+    "PaymentState",
+    "PaymentStatus",
+    "RefundEntry",
+    "RevokeEntry",
+    "RefundResult",
+    "CancelResult",
+    "CaptureResult",
+}
+
 
 def test_all_is_sorted_and_exported() -> None:
     """__all__ is sorted, holds no duplicates, and every name in it is importable."""
@@ -58,6 +71,13 @@ def test_all_is_sorted_and_exported() -> None:
 def test_contract_names_are_exported() -> None:
     """Every public name of wire-contract §6 is importable from the package."""
     assert set(freedompay_async.__all__) >= CONTRACT_NAMES
+
+
+def test_classic_merchant_api_models_are_exported() -> None:
+    """The saved-card and payment-lifecycle models are importable from the package."""
+    assert set(freedompay_async.__all__) >= CLASSIC_NAMES
+    for name in CLASSIC_NAMES:
+        assert getattr(freedompay_async, name).__module__ == "freedompay_async._classic_models"
 
 
 def test_signing_and_testing_modules_expose_the_contract() -> None:

@@ -13,11 +13,13 @@ import pytest
 from freedompay_async import (
     AmbiguousPaymentError,
     CircuitOpenError,
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ConnectionLost,
     ConnectTimeout,
     DecodeError,
+    DuplicatePayError,
     FreedomPayError,
     GatewayError,
     HTTPStatusError,
@@ -124,6 +126,7 @@ CONTRACT_ROWS = [
     Row("signature", lambda: SignatureError("bad sig"), Outcome.PERMANENT, R, R),
     # the client refused locally: raise, nothing sent
     Row("circuit-open", lambda: CircuitOpenError("open"), Outcome.LOCAL, R, R),
+    Row("client-closed", lambda: ClientClosedError("closed"), Outcome.LOCAL, R, R),
     Row("configuration", lambda: ConfigurationError("bad"), Outcome.LOCAL, R, R),
     # status=ok: pay waiting -> poll; everything terminal -> return
     Row("ok-process", lambda: _payment(InvoiceStatus.PROCESS), Outcome.PENDING, P, None),
@@ -199,6 +202,7 @@ def _subclasses(cls: type) -> set[type]:
 #: Classes that never come out of one attempt (call-level ends and abstract bases).
 NOT_ATTEMPT_RESULTS = {
     AmbiguousPaymentError,
+    DuplicatePayError,
     PaymentPending,
     ResponseError,
     TransportError,
@@ -485,3 +489,13 @@ def test_breaker_probe_that_never_reports_does_not_wedge_it() -> None:
     assert breaker.allow(10.0)  # the probe goes out and is cancelled: record() never runs
     assert not breaker.allow(15.0)
     assert breaker.allow(20.0 + 1e-9), "a lost probe must be replaced after another cooldown"
+
+
+def test_retry_event_literals_name_every_outcome() -> None:
+    """RetryEvent.outcome's Literal type lists exactly the values of Outcome."""
+    from typing import get_args
+
+    from freedompay_async._retry import OutcomeName, RetryAction
+
+    assert set(get_args(OutcomeName)) == {outcome.value for outcome in Outcome}
+    assert set(get_args(RetryAction)) == {"resend", "reconcile", "giveup"}

@@ -18,9 +18,12 @@ JSON outcome (no card token; the gateway's masked PAN only) in the Redis hash of
 one field per customer.
 
 A job re-run after its worker died finds the dead worker's claim; once the claim expires, the
-guard's settle hook asks `invoice_status(customer=...)` and pays only an invoice still `new`, so a
-pay that landed before the crash is recorded, not repeated. Jobs have deterministic ids
-(`freedompay:pay:<customer>`), so arq also drops a duplicate while the first is queued or running.
+guard's settle hook asks `invoice_status(customer=...)` and `settlement.settle()` decides: a pay
+that landed before the crash is recorded, not repeated. An invoice still `new` is paid only when
+`FREEDOMPAY_NEW_PROVES_AFTER` is set and that many seconds have passed since the dead worker's
+last possible write; by default it is stored as `ambiguous` for a manual check. Jobs have
+deterministic ids (`freedompay:pay:<customer>`), so arq also drops a duplicate while the first is
+queued or running.
 
 Configuration comes from the environment (`PayWorkerConfig.from_env`):
 
@@ -34,6 +37,7 @@ Configuration comes from the environment (`PayWorkerConfig.from_env`):
 | `FREEDOMPAY_MAX_JOBS` | jobs at once per worker | 32 |
 | `FREEDOMPAY_JOB_TIMEOUT` | seconds one job may run | 900 |
 | `FREEDOMPAY_CLAIM_TTL` | seconds a dead worker's claim blocks its customer | 30 |
+| `FREEDOMPAY_NEW_PROVES_AFTER` | seconds after which `new` proves a pay never landed | unset |
 | `FREEDOMPAY_NAMESPACE` | prefix of every guard, limiter and outcome key | `freedompay` |
 
 Card tokens travel inside arq's job payload in Redis (as with any job argument) until the job
@@ -45,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import inspect
 import json
 import logging
@@ -54,7 +57,6 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
@@ -66,18 +68,20 @@ from redis.exceptions import RedisError
 from freedompay_async import (
     AmbiguousPaymentError,
     ConfigurationError,
+    DuplicatePayError,
     FreedomPayClient,
-    GatewayError,
-    InvoicePayment,
+    PayClaim,
     PayOutcome,
     PayRequest,
 )
 from freedompay_async.contrib.redis_guard import (
     RedisPayGuard,
     RedisRateLimiter,
-    record_claims,
     settle_by_status,
 )
+from freedompay_async.csvinput import BadRow, CsvInputError, PayCsv, open_pay_csv
+from freedompay_async.records import TERMINAL_STATES, jsonable, outcome_record
+from freedompay_async.settlement import SettlePolicy
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -124,7 +128,6 @@ RUNTIME_KEY: Final = "freedompay_runtime"
 #: Seconds before a job whose Redis calls failed runs again.
 REDIS_RETRY_DELAY: Final = 5.0
 
-_TERMINAL: Final = frozenset({"paid", "failed", "expired"})
 _MAX_TRIES: Final = 10
 _OUTCOME_TTL: Final = 30 * 86400
 _CSV_CHUNK: Final = 1000
@@ -134,9 +137,28 @@ _ENV_SECRET_KEY: Final = "FREEDOMPAY_SECRET_KEY"  # noqa: S105 - an environment 
 
 _T = TypeVar("_T")
 
-_STATUS_SINK: ContextVar[dict[str, InvoicePayment] | None] = ContextVar(
-    "freedompay_status_sink", default=None
-)
+
+class _GrantLog:
+    """
+    The runtime's guard as the client sees it: the Redis guard, remembering granted claims.
+
+    A refused claim reaches the job in `DuplicatePayError.claim`; a granted one (`fresh` or
+    `reclaimed`) is kept here, by customer, until the job that holds it takes it back. Only one
+    job holds a customer's claim at a time, so the entry is never shared.
+    """
+
+    def __init__(self, guard: RedisPayGuard) -> None:
+        self.guard = guard
+        self.granted: dict[str, PayClaim] = {}
+
+    async def claim(self, customer: str) -> PayClaim:
+        claim = await self.guard.claim(customer)
+        if claim.granted:
+            self.granted[customer] = claim
+        return claim
+
+    async def finish(self, customer: str, *, state: str) -> None:
+        await self.guard.finish(customer, state=state)
 
 
 class MaskedToken(str):
@@ -210,6 +232,9 @@ class PayWorkerConfig:
         job_timeout: Seconds one job may run; keep it above the client's deadline plus its
             poll timeout.
         claim_ttl: Seconds a dead worker's claim keeps its customer locked.
+        new_proves_not_landed_after: Seconds after the last possible write of a pay in doubt
+            after which a status of `new` proves it never landed (the guard's `SettlePolicy`);
+            None (default): it never does, and such an invoice is stored as `ambiguous`.
         namespace: The prefix of every guard, limiter and outcome key.
         client_options: More keyword arguments for `FreedomPayClient` (`timeouts`, `retry`...).
     """
@@ -224,6 +249,7 @@ class PayWorkerConfig:
     max_jobs: int = attrs.field(default=32, validator=_at_least_one)
     job_timeout: float = attrs.field(default=900.0, validator=_positive)
     claim_ttl: float = attrs.field(default=30.0, validator=_positive)
+    new_proves_not_landed_after: float | None = None
     namespace: str = attrs.field(default="freedompay", validator=_required)
     client_options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
@@ -259,6 +285,11 @@ class PayWorkerConfig:
             max_jobs=int(_env_number(env, "FREEDOMPAY_MAX_JOBS", 32)),
             job_timeout=_env_number(env, "FREEDOMPAY_JOB_TIMEOUT", 900.0),
             claim_ttl=_env_number(env, "FREEDOMPAY_CLAIM_TTL", 30.0),
+            new_proves_not_landed_after=(
+                _env_number(env, "FREEDOMPAY_NEW_PROVES_AFTER", 0.0)
+                if env.get("FREEDOMPAY_NEW_PROVES_AFTER", "").strip()
+                else None
+            ),
             namespace=_env(env, "FREEDOMPAY_NAMESPACE", "freedompay"),
         )
 
@@ -266,63 +297,22 @@ class PayWorkerConfig:
 # -- outcomes -------------------------------------------------------------------------------
 
 
-def _jsonable(value: object) -> object:
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
-def _mask_pan(pan: str | None) -> str | None:
-    """Keep a PAN the gateway already masked; mask one that arrives in full (6 + 4 shown)."""
-    if pan is None or not pan.isdigit() or len(pan) < 12:  # noqa: PLR2004 - shortest PAN
-        return pan
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
-
-
 def outcome_to_dict(outcome: PayOutcome, *, claim: str | None = None) -> dict[str, Any]:
     """
     Describe a `PayOutcome` as a JSON-ready dictionary, without the card token.
+
+    The shape is `freedompay_async.records.outcome_record`'s, the same as `pay-batch` writes.
 
     Args:
         outcome: The outcome.
         claim: How the guard decided (`fresh`, `reclaimed`, `landed`, ...), when known.
 
     Returns:
-        `customer`, `user_id`, `key`, `state`, the payment's fields (`invoice_status`,
-        `invoice_id`, `order_id`, `amount` as a string, `currency`, masked `card_pan`,
-        `error_code`, `error_description`), `error` (the exception's class) and `message`,
-        `attempts`, `elapsed`, `claim` and `finished_at` (Unix time).
+        The record (`records.RECORD_FIELDS`): the request, `state`, the payment's fields with a
+        masked `card_pan`, `error` (the exception's class), `message`, `error_code`,
+        `error_description`, `attempts`, `elapsed`, `claim` and `finished_at` (Unix time).
     """
-    request = outcome.request
-    payment = outcome.payment
-    error = outcome.error
-    error_code = payment.error_code if payment is not None else None
-    error_description = payment.error_description if payment is not None else None
-    if isinstance(error, GatewayError):
-        error_code = error.error_code
-        error_description = error.error_description
-    return {
-        "customer": request.customer,
-        "user_id": request.user_id,
-        "key": _jsonable(request.key),
-        "state": outcome.state,
-        "invoice_status": payment.invoice_status.value if payment is not None else None,
-        "invoice_id": payment.invoice_id if payment is not None else None,
-        "order_id": payment.order_id if payment is not None else None,
-        "amount": (
-            str(payment.amount) if payment is not None and payment.amount is not None else None
-        ),
-        "currency": payment.currency if payment is not None else None,
-        "card_pan": _mask_pan(payment.card_pan) if payment is not None else None,
-        "error_code": error_code,
-        "error_description": error_description,
-        "error": type(error).__name__ if error is not None else None,
-        "message": str(error) if error is not None else None,
-        "attempts": outcome.attempts,
-        "elapsed": round(outcome.elapsed, 3),
-        "claim": claim,
-        "finished_at": round(time.time(), 3),
-    }
+    return outcome_record(outcome, claim=claim)
 
 
 async def _resolve(value: Awaitable[_T] | _T) -> _T:
@@ -492,6 +482,7 @@ class PayRuntime:
     ) -> None:
         self.client = client
         self.guard = guard
+        self.grants: _GrantLog | None = None
         self.results = results
         self.rate_limiter = rate_limiter
         self.busy_retry = busy_retry
@@ -512,7 +503,13 @@ class PayRuntime:
             The runtime; its client opens on first use.
         """
         guard = RedisPayGuard(
-            redis, config.merchant_id, namespace=config.namespace, claim_ttl=config.claim_ttl
+            redis,
+            config.merchant_id,
+            namespace=config.namespace,
+            claim_ttl=config.claim_ttl,
+            settle_policy=SettlePolicy(
+                new_proves_not_landed_after=config.new_proves_not_landed_after
+            ),
         )
         limiter = None
         if config.rate > 0:
@@ -524,23 +521,26 @@ class PayRuntime:
                 namespace=config.namespace,
             )
         options: dict[str, Any] = {"max_concurrency": config.max_jobs, **config.client_options}
+        grants = _GrantLog(guard)
         client = FreedomPayClient(
             config.merchant_id,
             config.secret_key,
             base_url=config.base_url,
-            guard=guard,
+            guard=grants,
             rate_limiter=limiter,
             **options,
         )
-        guard.set_settle_hook(settle_by_status(client, on_payment=_remember_status))
+        guard.set_settle_hook(settle_by_status(client))
         results = OutcomeStore(redis, config.merchant_id, namespace=config.namespace)
-        return cls(
+        runtime = cls(
             client=client,
             guard=guard,
             results=results,
             rate_limiter=limiter,
             busy_retry=config.claim_ttl,
         )
+        runtime.grants = grants
+        return runtime
 
     async def aclose(self) -> None:
         """Close the client and stop the guard's heartbeats."""
@@ -573,21 +573,17 @@ class PayRuntime:
             )
         except ConfigurationError as exc:
             return await self._invalid(customer, user_id, key, exc)
-        statuses: dict[str, InvoicePayment] = {}
-        token = _STATUS_SINK.set(statuses)
-        try:
-            with record_claims() as claims:
-                outcome = await self.client.pay_one(request)
-        finally:
-            _STATUS_SINK.reset(token)
-        claim = next((c for c in reversed(claims) if c.customer == customer), None)
-        if claim is None:  # refused before any claim (an invalid argument): nothing was sent
+        outcome = await self.client.pay_one(request)
+        granted = self.grants.granted.pop(customer, None) if self.grants is not None else None
+        if isinstance(outcome.error, DuplicatePayError) and outcome.error.claim is not None:
+            claim: PayClaim = outcome.error.claim
+        elif granted is not None or not isinstance(outcome.error, ConfigurationError):
+            result = outcome_to_dict(outcome, claim=granted.kind if granted else "fresh")
+            await self.results.save(result)
+            return result
+        else:  # refused before any claim (an invalid argument): nothing was sent
             result = outcome_to_dict(outcome)
             await self.results.save(result, replace=False)
-            return result
-        if claim.granted:
-            result = outcome_to_dict(outcome, claim=claim.kind)
-            await self.results.save(result)
             return result
         elapsed = time.monotonic() - start
         if claim.kind == "busy":
@@ -597,20 +593,20 @@ class PayRuntime:
             if stored is None:
                 stored = {
                     **outcome_to_dict(outcome, claim="settled"),
-                    "state": claim.state,
+                    "state": claim.prior_state,
                     "error": None,
                     "message": claim.reason,
                 }
                 await self.results.save(stored, replace=False)
             return {**stored, "duplicate": True}
-        payment = statuses.get(customer)
+        payment = claim.payment
         if claim.kind == "landed" and payment is not None:
             settled = PayOutcome(request=request, payment=payment, attempts=1, elapsed=elapsed)
             result = outcome_to_dict(settled, claim="landed")
         elif claim.kind == "landed":  # settled by a hook other than this runtime's
             result = {
                 **outcome_to_dict(outcome, claim="landed"),
-                "state": claim.state,
+                "state": claim.prior_state,
                 "error": None,
                 "message": claim.reason,
             }
@@ -632,7 +628,7 @@ class PayRuntime:
         result: dict[str, Any] = {
             "customer": customer if isinstance(customer, str) else None,
             "user_id": user_id if isinstance(user_id, str) else None,
-            "key": _jsonable(key),
+            "key": jsonable(key),
             "state": "error",
             "error": type(error).__name__,
             "message": str(error),
@@ -643,12 +639,6 @@ class PayRuntime:
         if isinstance(customer, str) and customer:
             await self.results.save(result, replace=False)  # never hides a real outcome
         return result
-
-
-def _remember_status(customer: str, payment: InvoicePayment) -> None:
-    sink = _STATUS_SINK.get()
-    if sink is not None:
-        sink[customer] = payment
 
 
 async def startup(ctx: dict[Any, Any]) -> None:
@@ -888,7 +878,7 @@ async def enqueue_batch(
             todo = [
                 row
                 for row, outcome in zip(batch, stored, strict=True)
-                if outcome is None or outcome.get("state") not in _TERMINAL
+                if outcome is None or outcome.get("state") not in TERMINAL_STATES
             ]
             settled += len(batch) - len(todo)
         jobs = await asyncio.gather(
@@ -898,7 +888,7 @@ async def enqueue_batch(
                     row.customer,
                     row.user_id,
                     MaskedToken(row.card_token),
-                    _jsonable(row.key),
+                    jsonable(row.key),
                     _job_id=job_id_for(row.customer, prefix=job_prefix),
                     _queue_name=queue_name,
                 )
@@ -957,75 +947,42 @@ async def wait_for_outcomes(
 
 # -- the `enqueue` command ------------------------------------------------------------------
 
-_COLUMNS: Final = ("customer", "user_id", "card_token")
-
 
 class _CsvRows:
-    """Read `customer,user_id,card_token[,key]` rows lazily, reporting malformed lines."""
+    """The requests of a pay CSV (`freedompay_async.csvinput`), read in a thread, in chunks."""
 
-    def __init__(self, path: Path, *, keep_customers: bool) -> None:
-        self.path = path
+    def __init__(self, table: PayCsv, *, keep_customers: bool) -> None:
+        self.table = table
         self.malformed = 0
         self.customers: list[str] | None = [] if keep_customers else None
-        self._handle: Any = None
-        self._reader: Any = None
-        self._columns: dict[str, int] = {}
+        self._rows = iter(table)
 
-    def _open(self) -> None:
-        self._handle = self.path.open(newline="", encoding="utf-8")
-        self._reader = csv.reader(self._handle)
-        header = next(self._reader, None)
-        names = [name.strip().lower() for name in header or []]
-        if any(column not in names for column in _COLUMNS):
-            raise ConfigurationError(
-                f"{self.path}: the header must name the columns customer,user_id,card_token[,key]"
-            )
-        self._columns = {name: index for index, name in enumerate(names)}
-
-    def _read_chunk(self) -> list[tuple[int, list[str]]]:
-        if self._reader is None:
-            self._open()
-        lines: list[tuple[int, list[str]]] = []
-        for row in self._reader:
-            lines.append((self._reader.line_num, row))
-            if len(lines) >= _CSV_CHUNK:
+    def _read_chunk(self) -> list[PayRequest | BadRow]:
+        chunk: list[PayRequest | BadRow] = []
+        for row in self._rows:
+            chunk.append(row if isinstance(row, BadRow) else row.request())
+            if len(chunk) >= _CSV_CHUNK:
                 break
-        return lines
-
-    def _parse(self, line: int, row: list[str]) -> PayRequest | None:
-        if not any(cell.strip() for cell in row):
-            return None
-        values = {
-            name: row[index].strip() for name, index in self._columns.items() if index < len(row)
-        }
-        missing = [column for column in _COLUMNS if not values.get(column)]
-        if missing:
-            self.malformed += 1
-            sys.stderr.write(f"{self.path}:{line}: missing {', '.join(missing)}; skipped\n")
-            return None
-        request = PayRequest(
-            customer=values["customer"],
-            user_id=values["user_id"],
-            card_token=values["card_token"],
-            key=values.get("key") or None,
-        )
-        if self.customers is not None:
-            self.customers.append(request.customer)
-        return request
+        return chunk
 
     async def __aiter__(self) -> AsyncIterator[PayRequest]:
         try:
             for _ in range(1_000_000_000):  # bounded: a billion chunks
-                lines = await asyncio.to_thread(self._read_chunk)
-                if not lines:
+                chunk = await asyncio.to_thread(self._read_chunk)
+                if not chunk:
                     break
-                for line, row in lines:
-                    request = self._parse(line, row)
-                    if request is not None:
-                        yield request
+                for row in chunk:
+                    if isinstance(row, BadRow):
+                        self.malformed += 1
+                        sys.stderr.write(
+                            f"{self.table.path}:{row.line}: skipped a malformed row: {row.reason}\n"
+                        )
+                        continue
+                    if self.customers is not None:
+                        self.customers.append(row.customer)
+                    yield row
         finally:
-            if self._handle is not None:
-                await asyncio.to_thread(self._handle.close)
+            await asyncio.to_thread(self.table.close)
 
 
 def add_enqueue_command(
@@ -1052,6 +1009,16 @@ def add_enqueue_command(
         ),
     )
     parser.add_argument("input", type=Path, help="the CSV file")
+    parser.add_argument(
+        "--encoding",
+        default="utf-8-sig",
+        help="the CSV's encoding, e.g. cp1251 (default: %(default)s; a BOM is dropped)",
+    )
+    parser.add_argument(
+        "--delimiter",
+        default=None,
+        help="the CSV's field delimiter (default: sniffed from the header: , ; tab |)",
+    )
     parser.add_argument(
         "--redis",
         default=_redis_url(os.environ),
@@ -1119,6 +1086,30 @@ async def run_enqueue(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:
         sys.stderr.write(f"--redis: {exc}\n")
         return 2
+    try:
+        table = await asyncio.to_thread(
+            open_pay_csv,
+            args.input,
+            encoding=getattr(args, "encoding", "utf-8-sig"),
+            delimiter=getattr(args, "delimiter", None),
+        )
+    except (CsvInputError, ConfigurationError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    try:
+        return await _enqueue_table(args, settings, table)
+    except (RedisError, OSError) as exc:
+        sys.stderr.write(
+            f"enqueue: cannot use Redis at {settings.host}:{settings.port} "
+            f"({type(exc).__name__}: {exc}); start it or pass --redis URL. Rows already "
+            "queued stay queued; running enqueue again queues each customer at most once\n"
+        )
+        return 2
+    finally:
+        await asyncio.to_thread(table.close)
+
+
+async def _enqueue_table(args: argparse.Namespace, settings: RedisSettings, table: PayCsv) -> int:
     redis = await create_pool(settings, default_queue_name=args.queue)
     try:
         results = (
@@ -1126,12 +1117,8 @@ async def run_enqueue(args: argparse.Namespace) -> int:
             if args.merchant_id
             else None
         )
-        rows = _CsvRows(args.input, keep_customers=args.wait)
-        try:
-            report = await enqueue_batch(redis, rows, queue_name=args.queue, results=results)
-        except ConfigurationError as exc:
-            sys.stderr.write(f"{exc}\n")
-            return 2
+        rows = _CsvRows(table, keep_customers=args.wait)
+        report = await enqueue_batch(redis, rows, queue_name=args.queue, results=results)
         _print({**report.to_dict(), "malformed": rows.malformed, "queue": args.queue})
         if not args.wait or results is None or rows.customers is None:
             return 1 if rows.malformed else 0

@@ -13,9 +13,16 @@ A duplicate-pay guard and a rate limiter shared through Redis by every worker of
   (nothing is known to be charged), releases the claim and forgets a fresh one.
 - A customer whose earlier claim ended without a terminal state (a crashed worker, a `pending` or
   `ambiguous` outcome) is **never paid blindly**: the next claimer holds the claim and calls the
-  `settle` hook, which asks the invoice's status. Only an invoice still `new` is paid; any other
-  status is recorded and refused. Without a hook such a customer is refused, and stays refused
-  until a hook settles it or `forget()` is called after a manual check.
+  `settle` hook, which reads the invoice's status, and `freedompay_async.settlement.settle()`
+  decides what that read proves — the same rule the client's reconcile and the CLI's resume use.
+  A terminal or moving status is recorded and refused. A status of `new` is paid only when
+  `settle()` says it proves the earlier pay never landed (`settle_policy`; by default it never
+  does, and the customer stays refused). Without a hook such a customer is refused, and stays
+  refused until a hook settles it or `forget()` is called after a manual check.
+- When a pay ends in doubt (`pending`, `ambiguous`), `finish` also records the Redis time, so a
+  later reclaim knows how long ago that pay could last have been written. A crashed worker's pay
+  was last written at least `claim_ttl - heartbeat` before its claim expired (it renewed the
+  claim while paying); without heartbeats, that bound is 0.
 
 Keys live under `{namespace}:{merchant_id}:`; the two keys of a customer share a Redis Cluster
 hash tag, so the scripts also run on a cluster.
@@ -29,8 +36,6 @@ are served in order and Redis is asked once per request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
 import math
 import os
@@ -41,41 +46,45 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import attrs
 
-from freedompay_async import ConfigurationError, InvoiceStatus, PoolTimeout
+from freedompay_async import ConfigurationError, InvoiceStatus, PayClaim, PoolTimeout, settlement
+from freedompay_async.settlement import SettlePolicy, Verdict
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from redis.asyncio import Redis
 
     from freedompay_async import FreedomPayClient, InvoicePayment
 
 __all__ = [
     "ClaimKind",
-    "ClaimResult",
     "GuardRecord",
     "RedisPayGuard",
     "RedisRateLimiter",
     "SettleHook",
     "default_owner",
-    "record_claims",
     "settle_by_status",
     "state_of_status",
 ]
 
 logger = logging.getLogger("freedompay_async.contrib")
 
+_FRESH: Final = PayClaim(granted=True, kind="fresh")
+
 #: States after which a customer is never paid again.
 TERMINAL_STATES: Final = frozenset({"paid", "failed", "expired"})
 #: Recorded states that leave the pay's fate open: the next claimer settles by status first.
 DOUBT_STATES: Final = frozenset({"claimed", "pending", "ambiguous"})
 
+#: `fresh` (granted, never claimed before), `reclaimed` (granted: `settle()` proved an earlier
+#: pay never landed), `settled` (refused: a terminal state is recorded), `busy` (refused: another
+#: worker holds the claim), `landed` (refused: the status read found an earlier pay's result, now
+#: recorded), `unsettled` (refused: an earlier pay has no known end and its status did not settle
+#: it). `PayClaim.kind` holds one of these.
 ClaimKind = Literal["fresh", "reclaimed", "settled", "busy", "landed", "unsettled"]
 
-#: Given a customer whose earlier pay has no known end, return None when the invoice is still
-#: unpaid (`new`) and may be paid now, or the state to record (`paid`, `failed`, `expired`,
-#: `pending`). Raising refuses the pay and keeps the doubt recorded.
-SettleHook: TypeAlias = Callable[[str], Awaitable[str | None]]
+#: Given a customer whose earlier pay has no known end, read and return the invoice's status
+#: (`client.invoice_status(customer=...)`); `settle()` decides what it proves. Raising refuses the
+#: pay and keeps the doubt recorded.
+SettleHook: TypeAlias = Callable[[str], Awaitable["InvoicePayment"]]
 
 _CLAIM = """
 local record = redis.call('GET', KEYS[2])
@@ -88,7 +97,13 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if record then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  return {'reclaim', record}
+  local wrote = redis.call('GET', KEYS[3])
+  local age = -1
+  if wrote and record ~= 'claimed' then
+    local t = redis.call('TIME')
+    age = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(wrote)
+  end
+  return {'reclaim', record, age}
 end
 redis.call('SET', KEYS[2], 'claimed', 'PX', ARGV[3])
 return {'fresh', ''}
@@ -101,6 +116,11 @@ if ARGV[2] == 'error' then
   if owned and redis.call('GET', KEYS[2]) == 'claimed' then redis.call('DEL', KEYS[2]) end
 else
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  if ARGV[2] == 'pending' or ARGV[2] == 'ambiguous' then
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
+               'PX', ARGV[3])
+  end
 end
 if owned then return 1 end
 return 0
@@ -144,10 +164,6 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
 return wait
 """
-
-_CLAIM_SINK: contextvars.ContextVar[list[ClaimResult] | None] = contextvars.ContextVar(
-    "freedompay_claim_sink", default=None
-)
 
 
 def _text(value: object) -> str:
@@ -218,63 +234,16 @@ def settle_by_status(
         on_payment: Called with the customer and the status read, before the hook returns.
 
     Returns:
-        A hook for `RedisPayGuard(settle=...)`: None when the invoice is still `new`.
+        A hook for `RedisPayGuard(settle=...)`.
     """
 
-    async def settle(customer: str) -> str | None:
+    async def read(customer: str) -> InvoicePayment:
         payment = await client.invoice_status(customer=customer)
         if on_payment is not None:
             on_payment(customer, payment)
-        return state_of_status(payment)
+        return payment
 
-    return settle
-
-
-@attrs.frozen(kw_only=True)
-class ClaimResult:
-    """
-    What one `RedisPayGuard.claim` decided, for callers that need more than the refusal text.
-
-    Attributes:
-        customer: The customer claimed.
-        kind: `fresh` (granted, never claimed before), `reclaimed` (granted after the settle hook
-            found the invoice still `new`), `settled` (refused: a terminal state is recorded),
-            `busy` (refused: another worker holds the claim), `landed` (refused: the settle hook
-            found an earlier pay's result, now recorded), `unsettled` (refused: an earlier pay
-            has no known end and it could not be settled).
-        state: The recorded state involved (`paid`, `pending`, `claimed`...), or None.
-        reason: Why the pay was refused, or None when it was granted.
-    """
-
-    customer: str
-    kind: ClaimKind
-    state: str | None = None
-    reason: str | None = None
-
-    @property
-    def granted(self) -> bool:
-        """Whether the caller may pay now."""
-        return self.kind in ("fresh", "reclaimed")
-
-
-@contextlib.contextmanager
-def record_claims() -> Iterator[list[ClaimResult]]:
-    """
-    Collect the `ClaimResult` of every `RedisPayGuard.claim` made in this context.
-
-    The client calls `claim` inside `pay_one`/`pay_invoice`; wrap the call to learn why a pay
-    was refused (a duplicate, a busy claim, an earlier pay that landed). Context-local: a
-    concurrent task's claims are not collected.
-
-    Yields:
-        The list that the results are appended to, in order.
-    """
-    sink: list[ClaimResult] = []
-    token = _CLAIM_SINK.set(sink)
-    try:
-        yield sink
-    finally:
-        _CLAIM_SINK.reset(token)
+    return read
 
 
 @attrs.frozen(kw_only=True)
@@ -317,6 +286,11 @@ class RedisPayGuard:
         remember: Seconds a recorded state is kept (default 30 days).
         settle: Called for a customer whose earlier pay has no known end; see `SettleHook`.
         owner: This process's name in claim tokens (default `host:pid`).
+        settle_policy: When a status of `new` proves that an earlier pay never landed, for
+            `freedompay_async.settlement.settle()`; by default it never does. Give the clients'
+            own rule (`RetryPolicy(resend_pay_if_new=True)` is
+            `SettlePolicy(new_proves_not_landed_after=reconcile_grace)`) so that the guard and the
+            clients answer alike.
 
     Raises:
         ConfigurationError: An option is invalid.
@@ -334,6 +308,7 @@ class RedisPayGuard:
         remember: float = 30 * 86400.0,
         settle: SettleHook | None = None,
         owner: str | None = None,
+        settle_policy: SettlePolicy | None = None,
     ) -> None:
         self._redis = redis
         merchant = _check_key_part("merchant_id", merchant_id)
@@ -349,6 +324,9 @@ class RedisPayGuard:
         self._max_hold = _positive("max_hold", max_hold)
         self._remember = _positive("remember", remember)
         self._settle = settle
+        self._settle_policy = settle_policy if settle_policy is not None else SettlePolicy()
+        if not isinstance(self._settle_policy, SettlePolicy):
+            raise ConfigurationError("settle_policy must be a SettlePolicy")
         self._owner = owner if owner is not None else default_owner()
         self._held: dict[str, _Held] = {}
         self._claim = redis.register_script(_CLAIM)
@@ -375,12 +353,12 @@ class RedisPayGuard:
 
     def _keys(self, customer: str) -> list[str]:
         base = f"{self._prefix}{{{customer}}}"
-        return [f"{base}:claim", f"{base}:state"]
+        return [f"{base}:claim", f"{base}:state", f"{base}:wrote"]
 
     def _ms(self, seconds: float) -> int:
         return max(1, math.ceil(seconds * 1000))
 
-    async def claim(self, customer: str) -> str | None:
+    async def claim(self, customer: str) -> PayClaim:
         """
         Claim *customer* for one pay, across every process using this Redis and merchant.
 
@@ -388,23 +366,9 @@ class RedisPayGuard:
             customer: The invoice's customer token.
 
         Returns:
-            None when the caller may pay now; otherwise why it must not.
-        """
-        result = await self.try_claim(customer)
-        sink = _CLAIM_SINK.get()
-        if sink is not None:
-            sink.append(result)
-        return result.reason
-
-    async def try_claim(self, customer: str) -> ClaimResult:
-        """
-        Claim *customer* and describe the decision; granted claims must be `finish`ed.
-
-        Args:
-            customer: The invoice's customer token.
-
-        Returns:
-            The decision; `result.granted` tells whether the caller may pay.
+            The decision: `granted` (then `finish` it), or refused with `reason`, the state held
+            (`prior_state`), one of `ClaimKind` (`kind`), and the status read that settled an
+            earlier pay (`payment`), if any.
         """
         keys = self._keys(customer)
         token = f"{self._owner}:{uuid.uuid4().hex}"
@@ -413,43 +377,46 @@ class RedisPayGuard:
         )
         verdict, detail = _text(reply[0]), _text(reply[1])
         if verdict == "settled":
-            return ClaimResult(
-                customer=customer,
+            return PayClaim(
+                granted=False,
                 kind="settled",
-                state=detail,
+                prior_state=detail,
                 reason=f"this customer was already paid through the shared guard (state={detail})",
             )
         if verdict == "busy":
-            return ClaimResult(
-                customer=customer,
+            return PayClaim(
+                granted=False,
                 kind="busy",
-                state=detail or None,
+                prior_state=detail or None,
                 reason="a pay for this customer is in flight in another worker",
             )
         self._hold(customer, token)
         if verdict == "fresh":
-            return ClaimResult(customer=customer, kind="fresh")
+            return _FRESH
+        age = int(reply[2]) if len(reply) > 2 else -1  # noqa: PLR2004 - the reply's third item
         try:
-            return await self._settle_reclaim(customer, token, doubt=detail)
+            return await self._settle_reclaim(customer, token, doubt=detail, age_ms=age)
         except BaseException:  # cancelled while settling: give the claim back, pay nothing
             await self._drop(customer, token)
             raise
 
-    async def _settle_reclaim(self, customer: str, token: str, *, doubt: str) -> ClaimResult:
-        """Holding the claim of a customer in doubt: pay only if the hook says it is `new`."""
+    async def _settle_reclaim(
+        self, customer: str, token: str, *, doubt: str, age_ms: int
+    ) -> PayClaim:
+        """Holding the claim of a customer in doubt: pay only if `settle()` proves not-landed."""
         if self._settle is None:
             await self._drop(customer, token)
-            return ClaimResult(
-                customer=customer,
+            return PayClaim(
+                granted=False,
                 kind="unsettled",
-                state=doubt,
+                prior_state=doubt,
                 reason=(
                     f"an earlier pay of this customer has no known end (state={doubt}); "
                     f"check invoice_status(customer={customer!r}) before paying again"
                 ),
             )
         try:
-            state = await self._settle(customer)
+            payment = await self._settle(customer)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the doubt; never pay blindly
             await self._drop(customer, token)
             logger.warning(
@@ -457,18 +424,48 @@ class RedisPayGuard:
                 customer,
                 type(exc).__name__,
             )
-            return ClaimResult(
-                customer=customer,
+            return PayClaim(
+                granted=False,
                 kind="unsettled",
-                state=doubt,
+                prior_state=doubt,
                 reason=(
                     f"an earlier pay of this customer has no known end (state={doubt}) and its "
                     f"status could not be read ({type(exc).__name__}); not paid"
                 ),
             )
-        if state is None:
-            logger.info("customer=%s settled as new after state=%s; paying", customer, doubt)
-            return ClaimResult(customer=customer, kind="reclaimed", state=doubt)
+        # Seconds on the reader's clock. A finished doubt was last written age_ms before this
+        # claim. A crashed worker's claim expired before this claim: it stopped renewing it at
+        # least claim_ttl - heartbeat before (it renews every heartbeat while its pay runs), so
+        # its pay was last written at least that long ago; without heartbeats, only now is sure.
+        read_at = asyncio.get_running_loop().time()
+        if age_ms >= 0:
+            last_write_at = read_at - age_ms / 1000
+        else:
+            last_write_at = read_at - (
+                self._claim_ttl - self._heartbeat if self._heartbeat else 0.0
+            )
+        verdict = settlement.settle(
+            payment.invoice_status,
+            read_at=read_at,
+            last_write_at=last_write_at,
+            policy=self._settle_policy,
+        )
+        if verdict is Verdict.NOT_LANDED:
+            logger.info("customer=%s: status proves state=%s never landed; paying", customer, doubt)
+            return PayClaim(granted=True, kind="reclaimed", prior_state=doubt, payment=payment)
+        if verdict is Verdict.IN_DOUBT:
+            await self._drop(customer, token)
+            return PayClaim(
+                granted=False,
+                kind="unsettled",
+                prior_state=doubt,
+                payment=payment,
+                reason=(
+                    f"an earlier pay of this customer (state={doubt}) may still land: its status "
+                    "reads new, which does not prove it never landed; not paid"
+                ),
+            )
+        state = state_of_status(payment) or "pending"
         await self.finish(customer, state=state)
         logger.warning(
             "customer=%s: an earlier pay (state=%s) turned out %s; not paid again",
@@ -476,10 +473,11 @@ class RedisPayGuard:
             doubt,
             state,
         )
-        return ClaimResult(
-            customer=customer,
+        return PayClaim(
+            granted=False,
             kind="landed",
-            state=state,
+            prior_state=state,
+            payment=payment,
             reason=f"an earlier pay of this customer ended as {state}; not paid again",
         )
 
@@ -561,7 +559,7 @@ class RedisPayGuard:
         Returns:
             The recorded state, the claim holder and the claim's remaining time.
         """
-        claim_key, state_key = self._keys(customer)
+        claim_key, state_key, _ = self._keys(customer)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(state_key)
             pipe.get(claim_key)

@@ -3,7 +3,9 @@ Test support: an embedded Freedom Pay emulator and a virtual clock.
 
 `FreedomPayEmulator` serves the invoice API on 127.0.0.1 over real sockets, verifies every
 signature, scripts the fate of each payment, injects faults and counts the charges per invoice;
-`VirtualClock` makes the client's sleeps instant and records them.
+`emulator.classic` (a `ClassicGateway`) serves the classic Merchant API beside it: saved cards,
+payment status, refunds, cancels and captures, with the same faults; `VirtualClock` makes the
+client's sleeps instant and records them.
 
 Example:
     ```python
@@ -25,11 +27,16 @@ Example:
 
 from __future__ import annotations
 
+from freedompay_async.testing._classic_server import CLASSIC_OPERATIONS, ClassicGateway
+from freedompay_async.testing._classic_wire import ClassicRecord
 from freedompay_async.testing._clock import VirtualClock
 from freedompay_async.testing._emulator import EmulatorStats, FreedomPayEmulator, RequestRecord
 from freedompay_async.testing._scenario import Fate, Fault
 
 __all__ = [
+    "CLASSIC_OPERATIONS",
+    "ClassicGateway",
+    "ClassicRecord",
     "EmulatorStats",
     "Fate",
     "Fault",

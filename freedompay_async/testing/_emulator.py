@@ -29,9 +29,11 @@ import attrs
 from aiohttp import web
 
 from freedompay_async.signing import verify_jws_detached
+from freedompay_async.testing._classic_server import ClassicGateway
 from freedompay_async.testing._scenario import Fate, Fault
 from freedompay_async.testing._state import (
     NEW,
+    OK,
     IllegalTransitionError,
     Invoice,
     InvoiceBook,
@@ -293,6 +295,7 @@ class FreedomPayEmulator:
     The admin API (JSON, no signature, not counted in `stats`) offers the same controls to
     another process:
 
+    - `GET /_emulator/` → the list of these routes.
     - `POST /_emulator/invoices` `{"count": 3, "fate": {"kind": "declined", "error_code": 5},
       "amount": "100", "currency": "KZT"}` (or `"order_id"` with count 1) →
       `{"customers": [...]}`.
@@ -317,6 +320,13 @@ class FreedomPayEmulator:
             (None: paid).
         keepalive_timeout: Seconds an idle keep-alive connection stays open.
         seed: Seed for customer tokens, for reproducible runs.
+        require_issued_tokens: Make pay accept only a card token that `classic` issued for the
+            request's `user_id` (saved through `cardstorage/add` or `classic.save_card`); any
+            other token gets error 200 and commits nothing. Off by default.
+
+    The classic Merchant API (saved cards, `get_status3.php`, `revoke.php`, `cancel.php`,
+    `do_capture.php`) is served beside the invoice API; `classic` scripts and observes it. A
+    paid invoice's `invoice_id` works there as its payment id.
 
     Raises:
         ValueError: An argument is empty or out of range.
@@ -333,6 +343,7 @@ class FreedomPayEmulator:
         default_fate: Fate | None = None,
         keepalive_timeout: float = 75.0,
         seed: int | None = None,
+        require_issued_tokens: bool = False,
     ) -> None:
         if not merchant_id or not secret_key:
             raise ValueError("merchant_id and secret_key must not be empty")
@@ -363,6 +374,16 @@ class FreedomPayEmulator:
         self._base_url: str | None = None
         self._closing: asyncio.Event | None = None
         self._closed = False
+        self._require_issued_tokens = require_issued_tokens
+        self._classic = ClassicGateway(
+            merchant_id=self._merchant_id,
+            secret_key=secret_key,
+            seed=seed,
+            adversarial=adversarial,
+            base_url=lambda: self._served_url,
+            closing=lambda: self._closing,
+            invoice_lookup=self._paid_invoice,
+        )
 
     def __repr__(self) -> str:
         where = self._base_url or "not started"
@@ -382,6 +403,7 @@ class FreedomPayEmulator:
         self._closing = asyncio.Event()
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post(_API_PATH, self._api)
+        app.router.add_get("/_emulator/", self._admin_index)
         app.router.add_post("/_emulator/invoices", self._admin_invoices)
         app.router.add_get("/_emulator/invoices/{customer}", self._admin_invoice)
         app.router.add_post("/_emulator/cards", self._admin_cards)
@@ -389,6 +411,7 @@ class FreedomPayEmulator:
         app.router.add_delete("/_emulator/faults", self._admin_clear_faults)
         app.router.add_post("/_emulator/expire", self._admin_expire)
         app.router.add_get("/_emulator/stats", self._admin_stats)
+        self._classic.add_routes(app.router)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -455,6 +478,23 @@ class FreedomPayEmulator:
     def secret_key(self) -> str:
         """The secret key the emulator verifies signatures with."""
         return self._secret_key
+
+    @property
+    def classic(self) -> ClassicGateway:
+        """The classic Merchant API: saved cards, payments, refunds, faults and counters."""
+        return self._classic
+
+    def _paid_invoice(
+        self, invoice_id: int | None, order_id: str | None
+    ) -> tuple[int, str, Decimal, str] | None:
+        """A paid invoice by id or order id, as the classic API sees a payment."""
+        if invoice_id is not None:
+            invoice = self._book.by_id(invoice_id)
+        else:
+            invoice = self._book.by_order(order_id) if order_id is not None else None
+        if invoice is None or invoice.status != OK:
+            return None
+        return invoice.invoice_id, invoice.order_id, invoice.amount, invoice.currency
 
     @property
     def adversarial(self) -> bool:
@@ -803,6 +843,10 @@ class FreedomPayEmulator:
     ) -> tuple[Invoice | None, Callable[[], list[XmlItem]]]:
         _require(fields, _PAY_REQUIRED)
         card_token = fields["card_token"]
+        if self._require_issued_tokens and not self._classic.is_issued(
+            fields["user_id"], card_token
+        ):
+            raise _ReplyError(_ERR_REQUEST, "Invalid request: card_token unknown for this user_id")
         invoice = self._book.by_customer(fields["customer"])
 
         def run() -> list[XmlItem]:
@@ -952,6 +996,17 @@ class FreedomPayEmulator:
     def _fate_or_none(data: Mapping[str, Any]) -> Fate | None:
         raw = data.get("fate")
         return None if raw is None else Fate.from_dict(raw)
+
+    async def _admin_index(self, request: web.Request) -> web.StreamResponse:
+        routes = [
+            f"{route.method} {route.resource.canonical}"
+            for route in request.app.router.routes()
+            if route.resource is not None
+            and route.resource.canonical.startswith("/_emulator/")
+            and route.method != "HEAD"
+            and route.resource.canonical != "/_emulator/"
+        ]
+        return _json_response({"base_url": self.base_url, "routes": routes})
 
     async def _admin_invoices(self, request: web.Request) -> web.StreamResponse:
         data = await self._admin_json(request)

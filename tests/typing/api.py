@@ -20,11 +20,15 @@ from freedompay_async import (
     InvoicePayment,
     InvoiceStatus,
     PaymentPending,
+    PaymentState,
+    PaymentStatus,
     PayOutcome,
     PayRequest,
     PollPolicy,
+    RefundEntry,
     RetryEvent,
     RetryPolicy,
+    SavedCard,
     Timeouts,
 )
 from freedompay_async.signing import jws_detached, jws_payload, pg_sig, verify_pg_sig
@@ -117,3 +121,23 @@ def signing_usage() -> None:
     sig: str = pg_sig("init_payment.php", {"pg_amount": "25"}, "k")
     ok: bool = verify_pg_sig("init_payment.php", {"pg_amount": "25", "pg_sig": sig}, "k")
     assert ok
+
+
+async def classic_emulator_usage(status: PaymentStatus, cards: tuple[SavedCard, ...]) -> None:
+    """Drive the emulator's classic API and read the classic models the way the README shows."""
+    async with FreedomPayEmulator(require_issued_tokens=True) as emu:
+        token: str = emu.classic.save_card("u1")
+        assert emu.classic.is_issued("u1", token)
+        payment_id: int = emu.classic.create_payment(Decimal(100), hold=True)
+        emu.classic.inject(Fault.drop(after_commit=True), operation="refund", payment_id=payment_id)
+        refunds: list[Decimal] = emu.classic.refunds(payment_id)
+        assert refunds == []
+        assert emu.classic.captures(payment_id) == 0
+    state: PaymentState = status.state
+    assert state.is_success or not state.is_success
+    total: Decimal = status.refunded_total
+    entries: tuple[RefundEntry, ...] = status.refunds
+    assert total >= 0
+    assert len(entries) >= 0
+    hashes: list[str | None] = [card.card_hash for card in cards]
+    assert len(hashes) == len(cards)

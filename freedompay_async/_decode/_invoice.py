@@ -50,6 +50,7 @@ import xmltodict
 from freedompay_async._exceptions import DecodeError, GatewayError, HTTPStatusError
 from freedompay_async._models import InvoiceInfo, InvoiceInit, InvoicePayment, InvoiceStatus
 from freedompay_async._protocol import Operation
+from freedompay_async.masking import printable, redact_text
 
 if TYPE_CHECKING:
     from freedompay_async._protocol import RawResponse
@@ -112,7 +113,7 @@ def _screen(body: bytes, max_bytes: int) -> str | None:
         Why the body is refused, or None when it may be parsed.
     """
     if len(body) > max_bytes:
-        return f"reply larger than {max_bytes} bytes"
+        return f"reply larger than {max_bytes} bytes (counted after Content-Encoding decoding)"
     if not body:
         return "reply body is empty"
     if b"<!" in body:
@@ -141,6 +142,7 @@ def _error(raw: RawResponse, op: Operation, message: str, tag: str | None = None
         headers=raw.headers,
         body=raw.body,
         tag=tag,
+        redact=raw.sensitive,
     )
 
 
@@ -164,6 +166,7 @@ def _fields(raw: RawResponse, op: Operation, max_bytes: int) -> dict[str, Any]:
             status_code=status_code,
             headers=raw.headers,
             body=raw.body,
+            redact=raw.sensitive,
         )
     body = raw.body
     problem = _screen(body, max_bytes)
@@ -199,12 +202,17 @@ def _fields(raw: RawResponse, op: Operation, max_bytes: int) -> dict[str, Any]:
 def _gateway_error(children: dict[str, Any], raw: RawResponse, op: Operation) -> GatewayError:
     code = _int(children, "error_code", raw, op)
     description = _text(children, "error_description", raw, op)
-    shown = "no description" if description is None else description[:_QUOTE_CHARS]
+    shown = (
+        "no description"
+        if description is None
+        else printable(redact_text(description, raw.sensitive)[:_QUOTE_CHARS])
+    )
     return GatewayError(
         f"{op.value} refused by the gateway: error {code}: {shown}",
         operation=op.value,
         error_code=code,
         error_description=description,
+        redact=raw.sensitive,
     )
 
 
