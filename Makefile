@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= dev,cli
 
-.PHONY: test lint typecheck pytest demo bench bench-quick clean venv redis-server
+.PHONY: test lint typecheck pytest demo bench bench-quick clean venv redis-server nginx
 
 venv: $(STAMP)
 
@@ -31,7 +31,15 @@ redis-server:
 	  ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ) \
 	  || echo "redis-server could not be installed: the Redis-backed tests will be skipped"; }
 
-pytest: $(STAMP) redis-server
+# The reverse-proxy tests need a real nginx (Debian's nginx-light); install it when missing.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing nginx-light (apt-get) for the reverse-proxy tests"; \
+	  ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light ) \
+	  || echo "nginx could not be installed: the reverse-proxy tests will be skipped"; }
+
+pytest: $(STAMP) redis-server nginx
 	$(BIN)/pytest --cov=freedompay_async --cov-branch --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
 test: lint typecheck pytest
