@@ -48,9 +48,12 @@ ALLOWED: dict[str, set[str]] = {
     "_retry": {"_config", "_models", "_exceptions"},
     "_transport": {"_protocol", "_config", "_exceptions", "_inflate", "masking", "_gate"},
     "_gate": set(),
-    "_batch": {"_models", "_exceptions"},
+    "_batch": {"_models", "_exceptions", "_summary", "_hold"},
+    "_summary": {"_models", "_exceptions"},
+    "_hold": {"_models", "_exceptions", "_retry"},
     "_client": {
         "_batch",
+        "_hold",
         "_call",
         "_events",
         "_guard",
