@@ -1,0 +1,197 @@
+"""A batch holds pays never sent while the gateway is down, and only those; reconcile reads wait."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from freedompay_async import (
+    AmbiguousPaymentError,
+    BatchProgress,
+    CircuitOpenError,
+    ConfigurationError,
+    ConnectError,
+    FreedomPayClient,
+    FreedomPayError,
+    HTTPStatusError,
+    InvoiceStatus,
+    PayOutcome,
+    PayRequest,
+    PoolTimeout,
+    RetryPolicy,
+)
+from freedompay_async._hold import never_sent
+from freedompay_async.testing import Fault, FreedomPayEmulator, VirtualClock
+
+ClientFactory = Callable[..., FreedomPayClient]
+
+#: Breaker that opens after 5 failures and probes every 10 (virtual) seconds.
+POLICY = RetryPolicy(
+    attempts=2, deadline=30.0, reconcile_grace=0.5, breaker_threshold=5, breaker_cooldown=10.0
+)
+
+
+def _requests(customers: list[str]) -> list[PayRequest]:
+    return [PayRequest(customer=c, user_id="u", card_token=f"card-{c}") for c in customers]
+
+
+def _outcome(error: FreedomPayError | None) -> PayOutcome:
+    request = PayRequest(customer="c", user_id="u", card_token="t")
+    return PayOutcome(request=request, error=error)
+
+
+def test_only_errors_that_prove_not_sent_are_held() -> None:
+    """Breaker, connect errors, no gate slot and 429/503 are held; ambiguity and 4xx never are."""
+    assert never_sent(_outcome(CircuitOpenError("open", operation="pay")))
+    assert never_sent(_outcome(ConnectError("refused", operation="pay")))
+    assert never_sent(_outcome(PoolTimeout("no slot", operation="pay")))
+    assert never_sent(_outcome(HTTPStatusError("busy", status_code=503, operation="pay")))
+    assert never_sent(_outcome(HTTPStatusError("slow down", status_code=429, operation="pay")))
+    assert not never_sent(_outcome(HTTPStatusError("bad", status_code=502, operation="pay")))
+    assert not never_sent(_outcome(HTTPStatusError("no", status_code=400, operation="pay")))
+    assert not never_sent(_outcome(AmbiguousPaymentError("may have charged", customer="c")))
+    assert not never_sent(_outcome(None))
+
+
+async def test_a_batch_waits_out_refusals_and_pays_every_invoice_once(
+    emulator: FreedomPayEmulator, make_client: ClientFactory
+) -> None:
+    """Pays refused with 503 open the breaker; the batch holds, probes, resumes and pays all."""
+    customers = emulator.create_invoices(120)
+    refusals = 30
+    emulator.inject(Fault.http_status(503), operation="pay", times=refusals)
+    seen: list[BatchProgress] = []
+    async with (
+        make_client(retry=POLICY) as client,
+        contextlib.aclosing(
+            client.pay_invoices(_requests(customers), concurrency=8, on_progress=seen.append)
+        ) as outcomes,
+    ):
+        states = Counter([o.state async for o in outcomes])
+    assert states == {"paid": 120}
+    assert all(emulator.charges(c) == 1 for c in customers)
+    stats = emulator.stats
+    # Every pay request beyond one per invoice is one of the refusals: the wait sent nothing else.
+    assert stats.faults_applied == refusals
+    assert stats.by_operation["pay"] == 120 + refusals
+    waiting = [p for p in seen if p.waiting_for_gateway]
+    assert waiting
+    assert max(p.held for p in waiting) >= 1
+    assert not seen[-1].waiting_for_gateway
+
+
+async def test_while_the_breaker_is_open_the_batch_sends_one_probe_per_cooldown(
+    emulator: FreedomPayEmulator, make_client: ClientFactory
+) -> None:
+    """During a long outage the requests are the failures that opened the breaker plus probes."""
+    customers = emulator.create_invoices(40)
+    emulator.inject(Fault.http_status(503), operation="pay", times=10_000)
+    clock = VirtualClock()
+    tolerance = 60.0
+    async with make_client(retry=POLICY, clock=clock) as client:
+        start = clock.monotonic()
+        async with contextlib.aclosing(
+            client.pay_invoices(_requests(customers), concurrency=8, outage_tolerance=tolerance)
+        ) as outcomes:
+            done = [o async for o in outcomes]
+        took = clock.monotonic() - start
+    assert len(done) == 40
+    assert {o.state for o in done} == {"error"}
+    assert all(isinstance(o.error, CircuitOpenError | HTTPStatusError) for o in done)
+    assert sum(emulator.charges(c) for c in customers) == 0
+    pays = emulator.stats.by_operation["pay"]
+    # Before the breaker opens each of the 8 workers sends at most `attempts` pays; after it,
+    # one probe per cooldown (jittered by at most 20 %) until the tolerance ends.
+    bound = 8 * POLICY.attempts + tolerance / POLICY.breaker_cooldown + 1
+    assert pays <= bound, (pays, bound)
+    assert tolerance <= took < tolerance + POLICY.deadline
+
+
+async def test_outage_tolerance_zero_fails_fast_as_before(
+    emulator: FreedomPayEmulator, make_client: ClientFactory
+) -> None:
+    """With outage_tolerance=0 an open breaker fails the rest of the batch at once."""
+    customers = emulator.create_invoices(60)
+    emulator.inject(Fault.http_status(503), operation="pay", times=10_000)
+    async with (
+        make_client(retry=POLICY) as client,
+        contextlib.aclosing(
+            client.pay_invoices(_requests(customers), concurrency=4, outage_tolerance=0)
+        ) as outcomes,
+    ):
+        errors = Counter([type(o.error).__name__ async for o in outcomes])
+    assert errors["CircuitOpenError"] >= 60 - 4 * POLICY.attempts
+    assert emulator.stats.by_operation["pay"] <= 4 * POLICY.attempts
+
+
+async def test_pays_that_may_have_charged_are_reconciled_not_held(
+    emulator: FreedomPayEmulator, make_client: ClientFactory
+) -> None:
+    """Pays broken after commit open the breaker, are settled by status, never sent again."""
+    customers = emulator.create_invoices(40)
+    emulator.inject(Fault.drop(after_commit=True), operation="pay", times=12)
+    async with (
+        make_client(retry=POLICY) as client,
+        contextlib.aclosing(client.pay_invoices(_requests(customers), concurrency=8)) as outcomes,
+    ):
+        states = Counter([o.state async for o in outcomes])
+    assert states == {"paid": 40}
+    assert all(emulator.charges(c) == 1 for c in customers)
+    assert emulator.stats.by_operation["pay"] == 40
+
+
+async def test_a_single_pay_still_fails_fast_when_the_breaker_is_open(
+    emulator: FreedomPayEmulator, make_client: ClientFactory
+) -> None:
+    """`pay_invoice` (a web request) does not wait for the gateway: it raises CircuitOpenError."""
+    customers = emulator.create_invoices(7)
+    emulator.inject(Fault.http_status(503), operation="pay", times=100)
+    policy = RetryPolicy(attempts=1, breaker_threshold=5, breaker_cooldown=10.0)
+    async with make_client(retry=policy) as client:
+        for customer in customers[:5]:
+            with pytest.raises(HTTPStatusError):
+                await client.pay_invoice(customer=customer, user_id="u", card_token="t")
+        with pytest.raises(CircuitOpenError):
+            await client.pay_invoice(customer=customers[5], user_id="u", card_token="t")
+    assert emulator.stats.by_operation["pay"] == 5
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf"), float("nan"), True, "300"])
+async def test_outage_tolerance_is_validated(make_client: ClientFactory, value: object) -> None:
+    """A negative, infinite or non-number outage tolerance is refused naming the option."""
+    async with make_client() as client:
+        with pytest.raises(ConfigurationError, match="outage_tolerance"):
+            client.pay_invoices([], outage_tolerance=value)  # type: ignore[arg-type]
+
+
+async def test_a_reconcile_read_succeeds_after_a_status_outage_shorter_than_the_deadline(
+    emulator: FreedomPayEmulator,
+) -> None:
+    """A pay broken after commit, whose status reads fail for seconds, still settles as paid."""
+    (customer,) = emulator.create_invoices(1)
+    emulator.inject(Fault.drop(after_commit=True), operation="pay", times=1)
+    outage_reads = 12
+    emulator.inject(Fault.http_status(502), operation="status", times=outage_reads)
+    clock = VirtualClock()
+    policy = RetryPolicy(deadline=60.0, reconcile_grace=2.0, backoff_max=4.0)
+    async with FreedomPayClient(
+        emulator.merchant_id,
+        emulator.secret_key,
+        base_url=emulator.base_url,
+        clock=clock,
+        rng=random.Random(7),
+        retry=policy,
+    ) as client:
+        start = clock.monotonic()
+        payment = await client.pay_invoice(customer=customer, user_id="u", card_token="t")
+        took = clock.monotonic() - start
+    assert payment.invoice_status is InvoiceStatus.OK
+    assert emulator.charges(customer) == 1
+    assert emulator.stats.by_operation["pay"] == 1
+    assert emulator.stats.by_operation["status"] == outage_reads + 1
+    # The outage lasted seconds of the deadline, far beyond what a few quick reads would cover.
+    assert 2.0 < took < policy.deadline
