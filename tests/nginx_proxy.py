@@ -54,6 +54,7 @@ def render_config(
     read_timeout: float = 3.0,
     gzip: bool = True,
     resend_non_idempotent: bool = False,
+    refuse_one_in: int | None = None,
 ) -> str:
     """
     Return an nginx.conf that proxies 127.0.0.1:*port* to 127.0.0.1:*upstream_port*.
@@ -62,6 +63,8 @@ def render_config(
     keep-alive connections, a read timeout shorter than the SDK's, and gzip on XML replies.
     `resend_non_idempotent` turns on the setting that makes nginx itself resend a POST to the
     next upstream after an error (`proxy_next_upstream ... non_idempotent`).
+    `refuse_one_in=n` sends one request in *n* to a closed port, so nginx answers it 502 without
+    forwarding it (a proxy that refuses a pay the gateway never saw).
     """
     user = "user root;" if os.geteuid() == 0 else ""
     next_upstream = (
@@ -74,6 +77,11 @@ def render_config(
     servers = f"server 127.0.0.1:{upstream_port} max_fails=0;"
     if resend_non_idempotent:
         servers += f"\n        server 127.0.0.1:{upstream_port} max_fails=0;"
+    if refuse_one_in is not None:
+        servers = (
+            f"server 127.0.0.1:{upstream_port} max_fails=0 weight={refuse_one_in - 1};\n"
+            f"        server 127.0.0.1:{free_port()} max_fails=0 weight=1;"
+        )
     return f"""
 {user}
 daemon off;
@@ -138,6 +146,7 @@ class NginxProxy:
         read_timeout: float = 3.0,
         gzip: bool = True,
         resend_non_idempotent: bool = False,
+        refuse_one_in: int | None = None,
     ) -> Iterator[NginxProxy]:
         """
         Start nginx in front of 127.0.0.1:*upstream_port*; skip the test when it is missing.
@@ -160,6 +169,7 @@ class NginxProxy:
                     read_timeout=read_timeout,
                     gzip=gzip,
                     resend_non_idempotent=resend_non_idempotent,
+                    refuse_one_in=refuse_one_in,
                 )
             )
             proxy.start()
