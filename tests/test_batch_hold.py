@@ -21,10 +21,15 @@ from freedompay_async import (
     InvoiceStatus,
     PayOutcome,
     PayRequest,
+    PollPolicy,
     PoolTimeout,
     RetryPolicy,
 )
+from freedompay_async._call import Act, Call
 from freedompay_async._hold import never_sent
+from freedompay_async._models import InvoicePayment
+from freedompay_async._protocol import Operation
+from freedompay_async._retry import BreakerState, CircuitBreaker
 from freedompay_async.testing import Fault, FreedomPayEmulator, VirtualClock
 
 ClientFactory = Callable[..., FreedomPayClient]
@@ -195,3 +200,40 @@ async def test_a_reconcile_read_succeeds_after_a_status_outage_shorter_than_the_
     assert emulator.stats.by_operation["status"] == outage_reads + 1
     # The outage lasted seconds of the deadline, far beyond what a few quick reads would cover.
     assert 2.0 < took < policy.deadline
+
+
+def test_the_one_resend_a_new_status_allows_passes_an_open_breaker() -> None:
+    """A pay whose status proved it never landed is resent even while the breaker is open."""
+    breaker = CircuitBreaker(1, 100.0)
+    policy = RetryPolicy(reconcile_grace=2.0, resend_pay_if_new=True)
+    call = Call(
+        Operation.PAY,
+        policy=policy,
+        now=0.0,
+        rng=random.Random(1),
+        context={"customer": "c1"},
+        poll=PollPolicy(),
+        breaker=breaker,
+    )
+    assert call.next_step(0.0) is Act.SEND
+    call.record(HTTPStatusError("bad gateway", status_code=502, operation="pay"), now=0.1)
+    assert breaker.state is BreakerState.OPEN
+    assert call.next_step(0.1) is Act.SLEEP
+    call.woke()
+    assert call.next_step(3.0) is Act.ASK_STATUS
+    call.record(InvoicePayment(invoice_status=InvoiceStatus.NEW), now=3.1)
+    assert call.next_step(3.2) is Act.SEND
+    call.record(InvoicePayment(invoice_status=InvoiceStatus.OK), now=3.3)
+    assert call.next_step(3.3) is Act.DONE
+    # Any other pay meets the open breaker (the resend's success closed it: open it again).
+    breaker.record(failure=True, now=4.0)
+    other = Call(
+        Operation.PAY,
+        policy=policy,
+        now=4.0,
+        rng=random.Random(1),
+        context={"customer": "c2"},
+        breaker=breaker,
+    )
+    assert other.next_step(4.1) is Act.FAIL
+    assert isinstance(other.error, CircuitOpenError)
