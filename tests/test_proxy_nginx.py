@@ -144,6 +144,47 @@ async def test_nginx_resending_non_idempotent_posts_charges_twice_unseen_by_the_
     assert sorted(stats["double_charged"]) == sorted(customers)
 
 
+async def test_pays_nginx_refused_unforwarded_are_ambiguous_by_default_paid_once_with_window(
+    upstream: dict[str, Any],
+) -> None:
+    """
+    Pays nginx answers 502 without forwarding stay `new` at the gateway.
+
+    By default such a pay ends ambiguous (and nothing was charged); with the opt-in window
+    (`resend_pay_if_new=True`) its status read proves it never landed and it is paid once. One
+    worker: nginx's weighted round robin then refuses exactly every eighth request, so a refused
+    pay's status read and resend are never refused too.
+    """
+    base = upstream["base_url"]
+    customers = admin(base, "POST", "invoices", {"count": 80})["customers"]
+    halves = {"default": customers[:40], "window": customers[40:]}
+    policies = {
+        "default": RetryPolicy(reconcile_grace=0.5),
+        "window": RetryPolicy(reconcile_grace=0.5, resend_pay_if_new=True),
+    }
+    states: dict[str, Counter[str]] = {}
+    ambiguous: list[str] = []
+    with NginxProxy.running(upstream_port(upstream), refuse_one_in=8) as proxy:
+        for name, half in halves.items():
+            async with FreedomPayClient(
+                MERCHANT, SECRET, base_url=proxy.base_url, retry=policies[name]
+            ) as client:
+                requests = [PayRequest(customer=c, user_id="u", card_token="tok-1") for c in half]
+                outcomes = [o async for o in client.pay_invoices(requests, concurrency=1)]
+            states[name] = Counter(o.state for o in outcomes)
+            ambiguous += [o.request.customer for o in outcomes if o.state == "ambiguous"]
+        refused = sum(1 for row in proxy.requests() if row[2] == 502)
+    print(f"states={states} refused={refused}")  # noqa: T201
+    stats = admin(base, "GET", "stats?customers=1")
+    assert stats["double_charged"] == []
+    assert refused > 0
+    assert states["default"]["ambiguous"] > 0
+    assert states["default"]["paid"] + states["default"]["ambiguous"] == len(halves["default"])
+    assert all(stats["invoices"][c]["charges"] == 0 for c in ambiguous)
+    assert states["window"] == {"paid": len(halves["window"])}
+    assert all(stats["invoices"][c]["charges"] == 1 for c in halves["window"])
+
+
 FREEZE_SECONDS = 4.0
 BATCH = 1200
 CONCURRENCY = 64
