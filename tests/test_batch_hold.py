@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
+import attrs
 import pytest
 
 from freedompay_async import (
@@ -30,6 +31,7 @@ from freedompay_async._hold import never_sent
 from freedompay_async._models import InvoicePayment
 from freedompay_async._protocol import Operation
 from freedompay_async._retry import BreakerState, CircuitBreaker
+from freedompay_async.cli._render import Progress
 from freedompay_async.testing import Fault, FreedomPayEmulator, VirtualClock
 
 ClientFactory = Callable[..., FreedomPayClient]
@@ -237,3 +239,25 @@ def test_the_one_resend_a_new_status_allows_passes_an_open_breaker() -> None:
     )
     assert other.next_step(4.1) is Act.FAIL
     assert isinstance(other.error, CircuitOpenError)
+
+
+def test_the_cli_progress_line_says_when_the_batch_waits_for_the_gateway(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The plain progress line shows "waiting for the gateway" at once, and drops it after."""
+    progress = Progress("Paying", 10, rich=False)
+    waiting = BatchProgress(
+        submitted=10,
+        in_flight=8,
+        done=2,
+        by_state={"paid": 2},
+        elapsed=1.0,
+        held=7,
+        waiting_for_gateway=True,
+    )
+    progress.batch(waiting)
+    assert "waiting for the gateway (7 held)" in capsys.readouterr().err
+    assert "waiting for the gateway" in progress.line()
+    progress.batch(attrs.evolve(waiting, held=0, waiting_for_gateway=False))
+    assert "waiting" not in capsys.readouterr().err
+    assert "waiting" not in progress.line()
