@@ -198,8 +198,14 @@ async def test_a_batch_rides_out_two_gateway_freezes_behind_nginx(
 
     Default policies; nginx has a 2 s keep-alive, a 3 s read timeout and gzip on; the gateway
     process is stopped for 4 s after 200 and after 700 outcomes. During each freeze the batch
-    waits for the gateway instead of failing what it has not sent, so the requests that start
-    while the gateway is frozen stay bounded (in-flight reconcile reads and breaker probes).
+    waits for the gateway instead of failing what it has not sent.
+
+    Bound on the requests that start during one freeze: 2 per worker. A worker has one exchange
+    at a time; one started in the freeze hangs until nginx's 3 s read timeout (or the thaw), so a
+    worker starts at most one in the first 3 s; after that failure its item is reconciled (the
+    status read waits the grace, 2 s or more: past the freeze) and the 20 failures have opened
+    the breaker, so new pays are held and only probes go out (one per 10 s cool-down: none
+    within a 4 s freeze).
     """
     base = adversarial_upstream["base_url"]
     pid = adversarial_upstream["process"].pid
