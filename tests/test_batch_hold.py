@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 
 import attrs
 import pytest
+from rawgate import RawGateway, raw_status, xml
 
 from freedompay_async import (
     AmbiguousPaymentError,
@@ -261,3 +263,34 @@ def test_the_cli_progress_line_says_when_the_batch_waits_for_the_gateway(
     progress.batch(attrs.evolve(waiting, held=0, waiting_for_gateway=False))
     assert "waiting" not in capsys.readouterr().err
     assert "waiting" not in progress.line()
+
+
+async def test_a_reconcile_read_outlives_a_real_status_outage_on_a_raw_gateway() -> None:
+    """A raw gateway answers status 502 for 2.5 s after an ambiguous pay; the pay ends paid once."""
+    outage = 2.5
+    began: list[float] = []
+
+    def status(_customer: str) -> bytes:
+        if time.monotonic() - began[0] < outage:
+            return raw_status(502)
+        return xml("ok")
+
+    def pay(_customer: str) -> bytes:
+        began.append(time.monotonic())
+        return raw_status(502)  # charged, then the reply says nothing about it
+
+    policy = RetryPolicy(attempts=4, deadline=10.0, reconcile_grace=0.2, backoff_max=0.5)
+    async with (
+        RawGateway(on_pay=pay, on_status=status) as gateway,
+        FreedomPayClient(
+            "123456", "not-a-real-secret", base_url=gateway.url, retry=policy, rng=random.Random(3)
+        ) as client,
+    ):
+        start = time.monotonic()
+        payment = await client.pay_invoice(customer="c1", user_id="u", card_token="t")
+        took = time.monotonic() - start
+    assert payment.invoice_status is InvoiceStatus.OK
+    assert gateway.charges["c1"] == 1
+    # More failed reads than the policy's attempts, spread over the outage, within the deadline.
+    assert gateway.requests["status"] > policy.attempts
+    assert outage <= took < policy.deadline
