@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
@@ -28,6 +29,7 @@ from freedompay_async import (
     PoolTimeout,
     RetryPolicy,
 )
+from freedompay_async._batch import TASK_NAME_PREFIX
 from freedompay_async._call import Act, Call
 from freedompay_async._hold import never_sent
 from freedompay_async._models import InvoicePayment
@@ -294,3 +296,36 @@ async def test_a_reconcile_read_outlives_a_real_status_outage_on_a_raw_gateway()
     # More failed reads than the policy's attempts, spread over the outage, within the deadline.
     assert gateway.requests["status"] > policy.attempts
     assert outage <= took < policy.deadline
+
+
+class _Stop(Exception):
+    """Raised from `on_progress` to stop a batch while it waits."""
+
+
+async def test_stopping_a_batch_that_waits_for_the_gateway_leaves_nothing_behind(
+    emulator: FreedomPayEmulator, make_client: ClientFactory
+) -> None:
+    """A batch stopped while it holds pays and probes ends its tasks at once and charges nobody."""
+    customers = emulator.create_invoices(50)
+    emulator.inject(Fault.http_status(503), operation="pay", times=10_000)
+
+    def stop_when_held(progress: BatchProgress) -> None:
+        if progress.waiting_for_gateway and progress.held >= 3:
+            raise _Stop
+
+    async with make_client(retry=POLICY) as client:
+
+        async def drain() -> None:
+            async with contextlib.aclosing(
+                client.pay_invoices(_requests(customers), concurrency=8, on_progress=stop_when_held)
+            ) as outcomes:
+                async for _ in outcomes:
+                    pass
+
+        with pytest.raises(_Stop):
+            await drain()
+        leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(TASK_NAME_PREFIX)]
+        assert [t for t in leftovers if not t.done()] == []
+        assert client._transport.gate.in_use == 0
+    assert sum(emulator.charges(c) for c in customers) == 0
+    assert emulator.stats.by_operation["pay"] <= 8 * POLICY.attempts
