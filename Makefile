@@ -9,7 +9,7 @@ EXTRAS  ?= dev,cli,docs
 PYTHONS ?= 3.11 3.12 3.13
 
 .PHONY: test test-one lint typecheck docs pytest pytest-all demo bench bench-quick clean venv \
-	redis-server
+	redis-server nginx
 
 venv: $(STAMP)
 
@@ -41,13 +41,21 @@ redis-server:
 	  ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ) \
 	  || echo "redis-server could not be installed: the Redis-backed tests will be skipped"; }
 
+# The reverse-proxy tests need a real nginx (Debian's nginx-light); install it when missing.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing nginx-light (apt-get) for the reverse-proxy tests"; \
+	  ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light ) \
+	  || echo "nginx could not be installed: the reverse-proxy tests will be skipped"; }
+
 # The whole suite on one interpreter: `make pytest` (PYTHON, VENV), e.g.
 # `make pytest PYTHON=python3.13 VENV=.venv-3.13 EXTRAS=dev,cli`.
-pytest: $(STAMP) redis-server
+pytest: $(STAMP) redis-server nginx
 	$(BIN)/pytest --cov=freedompay_async --cov-branch --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
 # The whole suite on every interpreter of PYTHONS (a missing one is reported loudly; none fails).
-pytest-all: redis-server
+pytest-all: redis-server nginx
 	bash .ci/each-python $(PYTHONS)
 
 # ruff, mypy and the docs once; pytest on each of PYTHONS. `make test-one` is the quick local loop.

@@ -294,7 +294,9 @@ class Call:
         return self.next_act
 
     def _start_send(self, now: float) -> None:
-        if self.breaker is not None and not self.breaker.allow(now):
+        # The one resend a status of `new` allows settles a pay in doubt, like a reconcile read:
+        # the breaker does not stop it (else the pay would end ambiguous for want of one request).
+        if self.breaker is not None and not self.resent and not self.breaker.allow(now):
             error = CircuitOpenError(
                 f"{self.operation.value}: circuit breaker open after repeated failures; not sent",
                 operation=self.operation.value,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import random
 import time
 import warnings
@@ -53,7 +54,7 @@ from freedompay_async._models import (
 from freedompay_async._protocol import Field, Operation, OutgoingRequest, RawResponse, build_request
 from freedompay_async._retry import CircuitBreaker, RetryBudget
 from freedompay_async._transport import Transport
-from freedompay_async.facts import DEFAULT_BASE_URL, is_integer
+from freedompay_async.facts import DEFAULT_BASE_URL, is_integer, is_number
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
@@ -680,6 +681,7 @@ class FreedomPayClient:
         concurrency: int | None = None,
         wait: bool = True,
         on_progress: Callable[[BatchProgress], object] | None = None,
+        outage_tolerance: float = 300.0,
     ) -> AsyncGenerator[PayOutcome, None]:
         """
         Pay many invoices concurrently, yielding each `PayOutcome` as it finishes.
@@ -688,25 +690,50 @@ class FreedomPayClient:
         of rows runs in flat memory. Every request yields exactly one outcome; one failure never
         stops the others. Close the iterator early (`contextlib.aclosing`) to stop the batch.
 
+        Unlike `pay_invoice`, a batch waits for a gateway outage instead of failing fast: a pay
+        that provably was never sent (the breaker open, the retry budget empty, a connect error,
+        no gate slot, HTTP 429/503) is held, no new pay starts, and one probe at a time (when the
+        breaker allows one) tests the gateway; when a probe is answered the batch resumes. A pay
+        that may have been written is never held: it is reconciled as in `pay_invoice`.
+
         Args:
             requests: `PayRequest`s, as a sync or async iterable.
             concurrency: Workers (default and maximum: the client's `max_concurrency`).
             wait: As for `pay_invoice`.
-            on_progress: Called with a `BatchProgress` before each outcome is yielded.
+            on_progress: Called with a `BatchProgress` before each outcome is yielded, and when
+                the batch starts or stops waiting for the gateway (`waiting_for_gateway`,
+                `held`).
+            outage_tolerance: Seconds the batch holds its pays while the gateway is down; after
+                that, what is held ends as `error` (not sent, safe to resubmit) and further pays
+                fail fast until one is answered again. 0 disables holding.
 
         Returns:
             An async iterator of outcomes, in completion order.
 
         Raises:
-            ConfigurationError: `concurrency` is not a positive integer.
+            ConfigurationError: `concurrency` is not a positive integer, or `outage_tolerance`
+                not a finite number of seconds >= 0.
         """
         from freedompay_async._batch import run_batch  # noqa: PLC0415 - keeps import light
+        from freedompay_async._hold import GatewayHold  # noqa: PLC0415 - keeps import light
 
         if concurrency is None:
             concurrency = self.max_concurrency
         if not is_integer(concurrency) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if not is_number(outage_tolerance) or not 0 <= outage_tolerance < math.inf:
+            raise ConfigurationError(
+                f"outage_tolerance must be a finite number of seconds >= 0, "
+                f"got {outage_tolerance!r}"
+            )
         workers = min(concurrency, self.max_concurrency)
+        hold = GatewayHold(
+            tolerance=float(outage_tolerance),
+            monotonic=self._clock.monotonic,
+            sleep=self._clock.sleep,
+            breaker=self._breaker,
+            rng=self._rng,
+        )
 
         async def pay_one(request: PayRequest) -> PayOutcome:
             return await self.pay_one(request, wait=wait)
@@ -717,6 +744,7 @@ class FreedomPayClient:
             concurrency=workers,
             on_progress=on_progress,
             monotonic=self._clock.monotonic,
+            hold=hold,
         )
 
 

@@ -157,9 +157,13 @@ class BatchProgress:
     Attributes:
         submitted: Requests taken from the input so far.
         in_flight: Requests being paid now.
-        done: Outcomes yielded so far (this one included).
+        done: Outcomes yielded so far (this one included, when the snapshot comes with one).
         by_state: Outcomes so far per `PayOutcome.state`.
         elapsed: Seconds since the batch started.
+        held: Items not sent, waiting for the gateway to answer again (part of `in_flight`).
+        waiting_for_gateway: Whether the batch is holding its pays because the gateway is down
+            (the breaker is open, or pays were refused or never connected); only probes are
+            sent meanwhile.
     """
 
     submitted: int
@@ -167,6 +171,8 @@ class BatchProgress:
     done: int
     by_state: dict[str, int]
     elapsed: float
+    held: int = 0
+    waiting_for_gateway: bool = False
 
 
 #: The largest amount the SDK sends (the gateway documents amounts of 0.01-99999999).

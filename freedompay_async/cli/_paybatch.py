@@ -95,7 +95,7 @@ async def _run(
 
     async def pay() -> None:
         async with contextlib.aclosing(
-            client.pay_invoices(feeder, concurrency=args.concurrency)
+            client.pay_invoices(feeder, concurrency=args.concurrency, on_progress=progress.batch)
         ) as outcomes:
             async for outcome in outcomes:
                 row = outcome.request.key

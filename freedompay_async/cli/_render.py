@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TextIO
 from freedompay_async.facts import OUTCOME_STATES
 
 if TYPE_CHECKING:
+    from freedompay_async import BatchProgress
     from freedompay_async.reporting import BatchSummary
 
 STATES: Final[tuple[str, ...]] = OUTCOME_STATES
@@ -87,6 +88,8 @@ class Progress:
         self.total = total
         self.done = 0
         self.by_state: dict[str, int] = dict.fromkeys(STATES, 0)
+        self.waiting = False
+        self.held = 0
         self._start = time.monotonic()
         self._last = 0.0
         self._interval = TTY_INTERVAL if sys.stderr.isatty() else PLAIN_INTERVAL
@@ -130,10 +133,24 @@ class Progress:
         total = f"/{self.total}" if self.total is not None else ""
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         elapsed = time.monotonic() - self._start
+        waiting = f" waiting for the gateway ({self.held} held)" if self.waiting else ""
         return (
-            f"{self.description}: {self.done}{total}{share} {states_text(self.by_state)} "
-            f"[{elapsed:.1f} s]"
+            f"{self.description}: {self.done}{total}{share} {states_text(self.by_state)}"
+            f"{waiting} [{elapsed:.1f} s]"
         ).replace("  ", " ")
+
+    def batch(self, progress: BatchProgress) -> None:
+        """Follow a batch's `on_progress`: show at once when it starts or stops waiting."""
+        changed = progress.waiting_for_gateway != self.waiting
+        self.waiting = progress.waiting_for_gateway
+        self.held = progress.held
+        if self._bar is not None:
+            suffix = " (waiting for the gateway)" if self.waiting else ""
+            self._bar.update(self._task, description=self.description + suffix)
+        elif changed:
+            self._last = time.monotonic()
+            sys.stderr.write(self.line() + "\n")
+            sys.stderr.flush()
 
     def advance(self, state: str | None) -> None:
         """Count one row done, in *state* (None for a malformed row)."""
