@@ -355,12 +355,13 @@ class Transport:
             InflateError: The encoding is unsupported, or the data corrupt or truncated.
         """
         cap = self._max_bytes
-        inflater = Inflater(
-            response.headers.get("Content-Encoding"), cap=cap, max_input=cap + _INPUT_SLACK
-        )
+        encoding = response.headers.get("Content-Encoding")
         length = response.content_length
+        if encoding is None and length is not None and length <= cap:
+            return await response.read()  # the common reply: not encoded, its length small
+        inflater = Inflater(encoding, cap=cap, max_input=cap + _INPUT_SLACK)
         if inflater.encoding == "identity" and length is not None and length <= cap:
-            return await response.read()  # the common reply: its length is known and small
+            return await response.read()
         content = response.content
         while True:
             chunk = await content.readany()

@@ -84,7 +84,8 @@ def check_text(name: str, value: object) -> None:
         raise ConfigurationError(f"{name} must not be empty or whitespace only")
     if len(value) > max_len:
         raise ConfigurationError(f"{name} must be at most {max_len} characters, got {len(value)}")
-    if name in _TOKENS and any(char.isspace() for char in value):
+    # `str.split()` splits on exactly the characters `str.isspace()` accepts, at C speed.
+    if name in _TOKENS and value.split() != [value]:
         raise ConfigurationError(f"{name} must not contain whitespace")
 
 

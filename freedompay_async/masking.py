@@ -125,7 +125,7 @@ def _luhn_ok(digits: str) -> bool:
 
 def _mask_digits(text: str) -> str:
     """Replace every digit but the first six and the last four with `*`, keeping separators."""
-    count = sum(char.isdigit() for char in text)
+    count = sum(map(str.isdigit, text))
     hidden_until = count - _PAN_VISIBLE_TAIL
     seen = 0
     out: list[str] = []
@@ -149,7 +149,7 @@ def mask_pan(pan: str) -> str:
         The value with every other digit replaced by `*`. A value that already shows no more
         than ten digits (the gateway's own masking, `440043******0000`) is returned unchanged.
     """
-    digits = sum(char.isdigit() for char in pan)
+    digits = sum(map(str.isdigit, pan))
     if digits <= _PAN_VISIBLE_HEAD + _PAN_VISIBLE_TAIL:
         return pan
     return _mask_digits(pan)
@@ -174,7 +174,7 @@ def mask_pans(text: str) -> str:
         The text with each Luhn-valid run of 13-19 digits (single spaces or dashes allowed
         between digits) masked as `mask_pan` does; other numbers are unchanged.
     """
-    if sum(char.isdigit() for char in text) < _PAN_MIN_DIGITS:
+    if len(text) < _PAN_MIN_DIGITS or sum(map(str.isdigit, text)) < _PAN_MIN_DIGITS:
         return text
     return _PAN_RUN.sub(_mask_run, text)
 
