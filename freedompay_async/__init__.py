@@ -16,6 +16,14 @@ from __future__ import annotations
 from importlib import metadata
 
 from freedompay_async._batch import BatchSummary, SummaryBuilder
+from freedompay_async._classic import ClassicOptions
+from freedompay_async._classic_errors import (
+    AmbiguousWriteError,
+    DuplicateWriteError,
+    ExcessRefundError,
+    WriteClaim,
+    WriteRefusedError,
+)
 from freedompay_async._classic_models import (
     CancelResult,
     CaptureResult,
@@ -75,12 +83,14 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a sourc
 
 __all__ = [
     "AmbiguousPaymentError",
+    "AmbiguousWriteError",
     "BatchProgress",
     "BatchSummary",
     "CancelResult",
     "CaptureResult",
     "CardAddition",
     "CircuitOpenError",
+    "ClassicOptions",
     "ClientClosedError",
     "Clock",
     "ConfigurationError",
@@ -89,6 +99,8 @@ __all__ = [
     "ConnectionLost",
     "DecodeError",
     "DuplicatePayError",
+    "DuplicateWriteError",
+    "ExcessRefundError",
     "FreedomPayClient",
     "FreedomPayError",
     "GatewayError",
@@ -122,5 +134,7 @@ __all__ = [
     "SummaryBuilder",
     "Timeouts",
     "TransportError",
+    "WriteClaim",
+    "WriteRefusedError",
     "__version__",
 ]
