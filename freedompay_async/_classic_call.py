@@ -466,8 +466,9 @@ class ClassicCall:
             entry = finding.refund
             if entry is not None:
                 return entry.state.is_success
-            # The refunded total grew by the amount, or nothing is left: nothing more to do.
-            return True
+            # No entry to point at: it landed only if the refunded total grew.
+            before = self.before.refunded_total if self.before is not None else 0
+            return status.refunded_total > before
         if self.operation is ClassicOperation.CANCEL:
             return bool(
                 status.revocations
