@@ -10,6 +10,11 @@ import pytest
 import freedompay_async
 from freedompay_async import (
     AmbiguousPaymentError,
+    AmbiguousWriteError,
+    DuplicateWriteError,
+    ExcessRefundError,
+    WriteClaim,
+    WriteRefusedError,
     DecodeError,
     FreedomPayError,
     GatewayError,
@@ -56,6 +61,12 @@ CLASSIC_NAMES = {
     "RefundResult",
     "CancelResult",
     "CaptureResult",
+    "ClassicOptions",
+    "DuplicateWriteError",
+    "ExcessRefundError",
+    "WriteRefusedError",
+    "AmbiguousWriteError",
+    "WriteClaim",
 }
 
 
@@ -121,6 +132,14 @@ def test_rich_exceptions_keep_their_fields_through_pickle() -> None:
         DecodeError("d", tag="amount"),
         PaymentPending("p", payment=payment),
         AmbiguousPaymentError("a", customer="cust-1"),
+        AmbiguousWriteError("w", operation="refund", payment_id=7, amount=Decimal("1.50")),
+        DuplicateWriteError(
+            "d",
+            payment_id=7,
+            claim=WriteClaim(operation="refund", payment_id=7, amount=None, state="done"),
+        ),
+        ExcessRefundError("x", payment_id=7, amount=Decimal(5), refundable=Decimal(2)),
+        WriteRefusedError("r", payment_id=7, reason="already captured"),
     ]
     for error in cases:
         clone = pickle.loads(pickle.dumps(error))
