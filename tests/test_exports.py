@@ -11,11 +11,9 @@ import freedompay_async
 from freedompay_async import (
     AmbiguousPaymentError,
     AmbiguousWriteError,
+    DecodeError,
     DuplicateWriteError,
     ExcessRefundError,
-    WriteClaim,
-    WriteRefusedError,
-    DecodeError,
     FreedomPayError,
     GatewayError,
     HTTPStatusError,
@@ -23,6 +21,8 @@ from freedompay_async import (
     InvoiceStatus,
     PaymentPending,
     ResponseError,
+    WriteClaim,
+    WriteRefusedError,
 )
 
 CONTRACT_NAMES = {
@@ -61,6 +61,9 @@ CLASSIC_NAMES = {
     "RefundResult",
     "CancelResult",
     "CaptureResult",
+}
+
+CLASSIC_CLIENT_NAMES = {
     "ClassicOptions",
     "DuplicateWriteError",
     "ExcessRefundError",
@@ -89,6 +92,15 @@ def test_classic_merchant_api_models_are_exported() -> None:
     assert set(freedompay_async.__all__) >= CLASSIC_NAMES
     for name in CLASSIC_NAMES:
         assert getattr(freedompay_async, name).__module__ == "freedompay_async._classic_models"
+
+
+def test_classic_client_names_are_exported_with_docstrings() -> None:
+    """The classic client's options, claim and refusals are exported and documented."""
+    assert set(freedompay_async.__all__) >= CLASSIC_CLIENT_NAMES
+    for name in CLASSIC_CLIENT_NAMES:
+        doc = getattr(freedompay_async, name).__doc__
+        assert doc
+        assert doc.strip()
 
 
 def test_signing_and_testing_modules_expose_the_contract() -> None:
