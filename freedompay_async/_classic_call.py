@@ -396,7 +396,7 @@ class ClassicCall:
             if finding.verdict is Verdict.NOT_LANDED and not self.resent:
                 self.resent = True
                 self.phase = WritePhase.SENDING
-                self._note("resend_if_new", Outcome.AMBIGUOUS, 0.0, self._cause_or_default())
+                self._note("resend", Outcome.AMBIGUOUS, 0.0, self._cause_or_default())
                 self.next_act = Act.SEND
                 return
             self._read_again(now, finding.reason, None)

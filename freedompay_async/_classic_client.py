@@ -571,6 +571,8 @@ def _check_before(
     elif operation is ClassicOperation.CAPTURE:
         if captured:
             raise _refuse(operation, payment_id, "already captured")
+        if amount is not None and before.amount is not None and amount > before.amount:
+            raise _refuse(operation, payment_id, f"more than the {before.amount} held")
         if reversed_:
             raise _refuse(operation, payment_id, "the payment is cancelled")
     elif captured:

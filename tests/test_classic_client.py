@@ -190,6 +190,8 @@ async def test_capture_and_cancel_a_hold(
     held = emulator.classic.create_payment(Decimal(80), hold=True)
     other = emulator.classic.create_payment(Decimal(20), hold=True)
     async with make_client() as client:
+        with pytest.raises(WriteRefusedError, match="more than the 80"):
+            await client.capture_payment(payment_id=held, amount=Decimal("80.01"))
         captured = await client.capture_payment(payment_id=held, amount=Decimal(60))
         assert isinstance(captured, CaptureResult)
         with pytest.raises(WriteRefusedError, match="already captured"):
