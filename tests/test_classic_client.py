@@ -79,6 +79,10 @@ async def test_partial_then_full_refund(
         status = await client.payment_status(payment_id=pid)
     assert emulator.classic.refunds(pid) == [Decimal("30.00"), Decimal("70.00")]
     assert status.refunded_total == Decimal(100)
+    sent = emulator.classic.requests
+    assert {r.operation for r in sent} == {"payment_status", "refund"}
+    assert all(r.signature_valid for r in sent)
+    assert emulator.classic.rejected_signatures == 0
 
 
 async def test_an_over_refund_is_refused_before_sending(
