@@ -1,42 +1,32 @@
 """
 One classic call as a pure state machine: the invoice call's rules, for refund, cancel, capture.
 
-The same shape as `_call.Call` (the driver asks `next_step(now)`, performs SEND, ASK_STATUS,
-SLEEP, DONE or FAIL, and reports with `record()`, `woke()`, `stop()` or `abandon()`), the same
-attempt classes and resend decisions (`_retry.classify`, `_retry.decide`), and the same
-monotonic doubt. What differs is what settles a doubt: a `get_status3` read judged by
-`_classic_settle.settle_write` against a read taken before the write, instead of an invoice
-status judged by `settlement.settle`.
-
-Rules:
-
-1. Reads (card add/list/remove, payment status) are resent under the retry policy like any read.
-2. A write is in doubt from the moment it is handed to the transport; only a proof that the
-   attempt was never acted on (not sent, refused with 429/503, a local refusal, a gateway error
-   other than 1000, an HTTP 4xx) gives the previous value back.
-3. A write is resent only after such a proof, or once after a status read proves it never
-   landed (`NOT_LANDED`; never, under the default `SettlePolicy`).
-4. A write in doubt sleeps `reconcile_grace` (jittered up to x1.25), then reads the payment's
-   status. A read that cannot settle it (no trace yet, pending, a failed read) is repeated with
-   full-jitter backoff, at most `policy.attempts` reads, until the deadline; then the call ends
-   as `AmbiguousWriteError`.
+The same shape as `_call.Call` (`next_step(now)` says SEND, ASK_STATUS, SLEEP, DONE or FAIL; the
+driver reports with `record()`, `woke()`, `stop()`, `abandon()`), the same attempt classes and
+resend decisions (`_retry`), the same proof of not-sent (`_call`) and the same monotonic doubt.
+Reads are resent like any read. A write in doubt is settled by `get_status3` reads judged by
+`_classic_settle.settle_write` against a read taken before it: after `reconcile_grace`, at most
+`policy.attempts` reads with full-jitter backoff within the deadline, then `AmbiguousWriteError`.
+It is resent only after a proof that nothing was acted on, or once after a read proves it never
+landed (`NOT_LANDED`; never under the default `SettlePolicy`).
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from freedompay_async._call import GRACE_JITTER, READ_SLACK, RECONCILE_RESERVE, Act
-from freedompay_async._classic_errors import AmbiguousWriteError, WriteRefusedError
-from freedompay_async._classic_models import (
-    CancelResult,
-    CaptureResult,
-    ClassicOperation,
-    PaymentState,
-    PaymentStatus,
-    RefundResult,
+from freedompay_async._call import (
+    GRACE_JITTER,
+    READ_SLACK,
+    RECONCILE_RESERVE,
+    Act,
+    Note,
+    _proves_not_applied,  # the one rule of what proves a write never acted on
 )
+from freedompay_async._classic_errors import AmbiguousWriteError, WriteRefusedError
+from freedompay_async._classic_models import PaymentStatus
+from freedompay_async._classic_outcome import settled_outcome
 from freedompay_async._classic_settle import WriteFinding, settle_write
 from freedompay_async._exceptions import (
     CircuitOpenError,
@@ -62,15 +52,11 @@ if TYPE_CHECKING:
     from decimal import Decimal
     from random import Random
 
+    from freedompay_async._classic_models import ClassicOperation
     from freedompay_async._config import RetryPolicy
     from freedompay_async._retry import CircuitBreaker, RetryBudget
 
 __all__ = ["ClassicCall", "WritePhase"]
-
-_PROOF_NOT_SENT: Final = frozenset({Outcome.NOT_SENT, Outcome.REFUSED, Outcome.LOCAL})
-_REVERSED: Final = frozenset({PaymentState.REVOKED, PaymentState.CANCELLED})
-
-Note = tuple[str, Outcome, float, FreedomPayError]
 
 
 class WritePhase(enum.Enum):
@@ -79,16 +65,6 @@ class WritePhase(enum.Enum):
     SENDING = "sending"
     RECONCILING = "reconciling"
     ENDED = "ended"
-
-
-def _proves_not_applied(result: FreedomPayError, outcome: Outcome) -> bool:
-    if outcome in _PROOF_NOT_SENT:
-        return True
-    if outcome is not Outcome.PERMANENT:
-        return False
-    if isinstance(result, GatewayError):
-        return True
-    return isinstance(result, HTTPStatusError) and 400 <= (result.status_code or 0) < 500  # noqa: PLR2004
 
 
 class ClassicCall:
@@ -146,15 +122,12 @@ class ClassicCall:
         self.delay = 0.0
         self.result: object = None
         self.error: FreedomPayError | None = None
-        self.finding: WriteFinding | None = None
         self.notes: list[Note] | None = None
         self._in_flight = False
         self._doubt_before = False
         self._after = Act.SEND
         self._cause: FreedomPayError | None = None
         self._first_read = True
-
-    # -- what the driver asks ----------------------------------------------------------------
 
     def next_step(self, now: float) -> Act:
         """
@@ -177,25 +150,14 @@ class ClassicCall:
         return self.next_act
 
     def _start_send(self, now: float) -> None:
+        op = self.operation.value
         if self.breaker is not None and not self.breaker.allow(now):
-            self._fail(
-                CircuitOpenError(
-                    f"{self.operation.value}: circuit breaker open after repeated failures; "
-                    "not sent",
-                    operation=self.operation.value,
-                ),
-                Outcome.LOCAL,
-            )
+            why = "circuit breaker open after repeated failures"
+            self._fail(CircuitOpenError(f"{op}: {why}; not sent", operation=op), Outcome.LOCAL)
             return
         if now >= self._send_deadline:
-            self._fail(
-                PoolTimeout(
-                    f"{self.operation.value}: the call's deadline passed before this attempt "
-                    "was sent; not sent",
-                    operation=self.operation.value,
-                ),
-                Outcome.NOT_SENT,
-            )
+            why = "the call's deadline passed before this attempt was sent"
+            self._fail(PoolTimeout(f"{op}: {why}; not sent", operation=op), Outcome.NOT_SENT)
             return
         self.attempts += 1
         self._in_flight = True
@@ -272,8 +234,6 @@ class ClassicCall:
         if self.error is None and self.phase is WritePhase.ENDED and self.result is not None:
             return "done"
         return "ambiguous" if self.in_doubt else "error"
-
-    # -- rules -------------------------------------------------------------------------------
 
     def _note(self, action: str, outcome: Outcome, delay: float, cause: FreedomPayError) -> None:
         if self.notes is None:
@@ -389,14 +349,15 @@ class ClassicCall:
                 last_write_at=self.last_write_at,
                 policy=self.settle,
             )
-            self.finding = finding
             if finding.verdict is Verdict.SETTLED:
                 self._settled(finding, result)
                 return
             if finding.verdict is Verdict.NOT_LANDED and not self.resent:
                 self.resent = True
                 self.phase = WritePhase.SENDING
-                self._note("resend", Outcome.AMBIGUOUS, 0.0, self._cause_or_default())
+                cause = self._cause
+                assert cause is not None  # noqa: S101 - reconcile always starts from a cause
+                self._note("resend", Outcome.AMBIGUOUS, 0.0, cause)
                 self.next_act = Act.SEND
                 return
             self._read_again(now, finding.reason, None)
@@ -415,66 +376,22 @@ class ClassicCall:
             return
         self._sleep(delay, Act.ASK_STATUS)
 
-    def _cause_or_default(self) -> FreedomPayError:
-        if self._cause is not None:
-            return self._cause
-        return FreedomPayError("status read", operation=self.operation.value)  # pragma: no cover
-
     def _settled(self, finding: WriteFinding, status: PaymentStatus) -> None:
         """Turn a SETTLED finding into the write's result, or the refusal it proves."""
-        payment_id = int(self.context["payment_id"])
-        landed = self._landed(finding, status)
-        if not landed:
+        outcome = settled_outcome(
+            self.operation,
+            finding,
+            status,
+            self.before,
+            int(self.context["payment_id"]),
+            self.amount,
+        )
+        if isinstance(outcome, WriteRefusedError):
             self.in_doubt = False
-            self.error = WriteRefusedError(
-                f"{self.operation.value} of payment_id={payment_id} did not land: {finding.reason}",
-                operation=self.operation.value,
-                attempts=self.attempts,
-                payment_id=payment_id,
-                reason=finding.reason,
-            )
-            self._note("giveup", Outcome.SETTLED, 0.0, self.error)
+            outcome.attempts = self.attempts
+            self.error = outcome
+            self._note("giveup", Outcome.SETTLED, 0.0, outcome)
             self.phase = WritePhase.ENDED
             self.next_act = Act.FAIL
             return
-        if self.operation is ClassicOperation.REFUND:
-            entry = finding.refund
-            self._done(
-                RefundResult(
-                    payment_id=payment_id,
-                    refund_payment_id=entry.payment_id if entry is not None else None,
-                    amount=self.amount
-                    if self.amount is not None
-                    else (entry.amount if entry is not None else None),
-                )
-            )
-        elif self.operation is ClassicOperation.CANCEL:
-            revoke = status.revocations[-1].payment_id if status.revocations else None
-            self._done(CancelResult(payment_id=payment_id, cancel_payment_id=revoke))
-        else:
-            self._done(
-                CaptureResult(
-                    payment_id=payment_id,
-                    amount=status.amount,
-                    clearing_amount=status.clearing_amount or self.amount,
-                )
-            )
-
-    def _landed(self, finding: WriteFinding, status: PaymentStatus) -> bool:
-        """Whether a SETTLED finding means this write took effect (else it cannot)."""
-        if self.operation is ClassicOperation.REFUND:
-            entry = finding.refund
-            if entry is not None:
-                return entry.state.is_success
-            # No entry to point at: it landed only if the refunded total grew.
-            before = self.before.refunded_total if self.before is not None else 0
-            return status.refunded_total > before
-        if self.operation is ClassicOperation.CANCEL:
-            return bool(
-                status.revocations
-                or status.state in _REVERSED
-                or (status.revoked_amount is not None and status.revoked_amount > 0)
-            )
-        return bool(
-            status.captured or (status.clearing_amount is not None and status.clearing_amount > 0)
-        )
+        self._done(outcome)

@@ -23,7 +23,8 @@ import attrs
 from freedompay_async import _decode
 from freedompay_async._call import Act, Call
 from freedompay_async._classic import ClassicOptions
-from freedompay_async._classic_client import ClassicOperations, WriteGuard
+from freedompay_async._classic_client import ClassicOperations
+from freedompay_async._classic_driver import WriteGuard
 from freedompay_async._config import (
     BodyFormat,
     Clock,
