@@ -136,3 +136,45 @@ def test_refund_batch_is_resumable_and_never_refunds_twice(
     refused = run("refund-batch", str(source), "--out", str(out), "--base-url", base_url)
     assert refused.returncode == 2
     assert "--resume" in refused.stderr
+
+
+def test_refund_batch_resume_settles_intents_by_status(
+    emulate: dict[str, Any], tmp_path: Path
+) -> None:
+    """After a crash: a landed refund is read from the status, an unproven one is not resent."""
+    base_url = emulate["base_url"]
+    landed, lost = _paid_invoices(base_url, 2)
+
+    async def refund_behind_the_journal() -> None:
+        async with FreedomPayClient(MERCHANT, SECRET, base_url=base_url) as client:
+            await client.refund_payment(payment_id=landed, amount=Decimal(20))
+
+    asyncio.run(refund_behind_the_journal())
+    source = tmp_path / "refunds.csv"
+    source.write_text(f"payment_id,amount\n{landed},20\n{lost},25\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    intents = [
+        {
+            "journal_key": f"{pid}/{amount}",
+            "payment_id": pid,
+            "amount": amount,
+            "state": "sending",
+            "source": "intent",
+            "refunds_before": [],
+            "finished_at": 1.0,
+        }
+        for pid, amount in ((landed, "20"), (lost, "25"))
+    ]
+    out.write_text("".join(json.dumps(i) + "\n" for i in intents), encoding="utf-8")
+    args = ("refund-batch", str(source), "--out", str(out), "--resume", "--base-url", base_url)
+    first = run(*args)
+    assert first.returncode == 3, first.stderr
+    states = {r["payment_id"]: r for r in read_lines(out) if r["source"] != "intent"}
+    assert states[landed]["state"] == "refunded"
+    assert states[landed]["source"] == "status"
+    assert states[lost]["state"] == "ambiguous"
+    assert [e.amount for e in _status(base_url, lost).refunds] == []
+    second = run(*args, "--settle-window", "0")
+    assert second.returncode == 0, second.stderr
+    assert [e.amount for e in _status(base_url, landed).refunds] == [Decimal(20)]
+    assert [e.amount for e in _status(base_url, lost).refunds] == [Decimal(25)]

@@ -113,6 +113,8 @@ def _before(payment_id: int, entries: list[list[Any]]) -> PaymentStatus:
 
 
 def _ended(record: dict[str, Any], outcome: RefundResult | FreedomPayError) -> dict[str, Any]:
+    # The end of the call bounds its last possible write: --settle-window counts from here.
+    record["finished_at"] = round(time.time(), 3)
     if isinstance(outcome, RefundResult):
         record.update(state="refunded", refund_payment_id=outcome.refund_payment_id)
         return record
