@@ -21,6 +21,7 @@ from freedompay_async import (
     PaymentStatus,
     RefundEntry,
     RefundResult,
+    RetryPolicy,
     WriteRefusedError,
 )
 from freedompay_async._classic_models import ClassicOperation
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 #: Refund states after which a row is never refunded again.
 FINAL_STATES: Final = frozenset({"refunded", "refused"})
 _CENT: Final = Decimal("0.01")
+_CALL_BOUND: Final = 2 * (RetryPolicy().deadline + 1.0)
 _DOUBT_STATES: Final = frozenset({"ambiguous", INTENT_STATE})
 
 
@@ -288,7 +290,9 @@ def read_refund_journal(path: Path) -> dict[str, RefundPrior]:
                 prior.terminal = prior.terminal or state
             elif state == INTENT_STATE:
                 prior.open_intents += 1
-                prior.intent_at = record.get("finished_at") or time.time()
+                # The refund may go out as late as the end of its call (a status read and
+                # the write, each bounded by the client's deadline): count from there.
+                prior.intent_at = (record.get("finished_at") or time.time()) + _CALL_BOUND
                 prior.refunds_before = record.get("refunds_before") or []
             elif record.get("source") == "refund":
                 prior.open_intents = max(prior.open_intents - 1, 0)
