@@ -233,6 +233,13 @@ def _classic(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="with --resume: an unchanged status read this long after a refund that may have "
         "been sent proves it never landed, so it is sent (default: never; such rows exit 3)",
     )
+    batch.add_argument(
+        "--grace",
+        type=_number(float, 0),
+        default=10.0,
+        metavar="SECONDS",
+        help="after SIGINT/SIGTERM, how long refunds in flight may finish (default: 10)",
+    )
     _connection(batch)
 
 

@@ -7,10 +7,8 @@ import contextlib
 import json
 import sys
 import time
-from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, Final
-
-import attrs
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from freedompay_async import (
     AmbiguousWriteError,
@@ -21,7 +19,6 @@ from freedompay_async import (
     PaymentStatus,
     RefundEntry,
     RefundResult,
-    RetryPolicy,
     WriteRefusedError,
 )
 from freedompay_async._classic_models import ClassicOperation
@@ -34,7 +31,15 @@ from freedompay_async.cli._common import (
     client_from_env,
     say,
 )
-from freedompay_async.cli._journal import STDOUT, Prior, open_journal
+from freedompay_async.cli._journal import STDOUT, Journal, open_journal
+from freedompay_async.cli._refund_input import (
+    RefundCsv,
+    RefundPrior,
+    RefundRow,
+    parse_amount,
+    read_refund_journal,
+)
+from freedompay_async.cli._signals import Stop
 from freedompay_async.csvinput import BadRow, CsvInputError, PayCsv, open_pay_csv
 from freedompay_async.records import INTENT_STATE
 from freedompay_async.settlement import SettlePolicy, Verdict
@@ -42,33 +47,15 @@ from freedompay_async.settlement import SettlePolicy, Verdict
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
     from freedompay_async import FreedomPayClient
 
-#: Refund states after which a row is never refunded again.
-FINAL_STATES: Final = frozenset({"refunded", "refused"})
-_CENT: Final = Decimal("0.01")
-_CALL_BOUND: Final = 2 * (RetryPolicy().deadline + 1.0)
 _DOUBT_STATES: Final = frozenset({"ambiguous", INTENT_STATE})
 
 
 def _print(data: object) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
     sys.stdout.flush()
-
-
-def parse_amount(text: str | None, *, where: str) -> Decimal | None:
-    """Read a refund amount (None or empty: the full remainder); raise ValueError naming it."""
-    if text is None or not text.strip():
-        return None
-    try:
-        amount = Decimal(text.strip())
-    except InvalidOperation:
-        raise ValueError(f"{where}: amount {text!r} is not a number, e.g. 150.00") from None
-    if not amount.is_finite() or amount <= 0 or amount != amount.quantize(_CENT):
-        raise ValueError(f"{where}: amount must be positive with at most two decimals: {text}")
-    return amount
 
 
 def _record(
@@ -229,78 +216,6 @@ def _code(states: list[str]) -> int:
     return EXIT_OK if all(state == "refunded" for state in states) else EXIT_NOT_PAID
 
 
-class RefundRow:
-    """One good row of a refund CSV: `payment_id,amount[,key]` (empty amount: full)."""
-
-    def __init__(self, line: int, payment_id: int, amount: Decimal | None, key: str | None) -> None:
-        self.line = line
-        self.payment_id = payment_id
-        self.amount = amount
-        self.key = key
-
-    @property
-    def journal_key(self) -> str:
-        """The row's identity in the journal: its key, else payment id and amount."""
-        return self.key or f"{self.payment_id}/{self.amount or 'full'}"
-
-
-class RefundCsv(PayCsv):
-    """A refund CSV, read by the same reader as pay CSVs."""
-
-    REQUIRED = ("payment_id",)
-    OPTIONAL = ("amount", "key")
-
-    def _build(self, line: int, values: dict[str, str]) -> RefundRow | BadRow:  # type: ignore[override]
-        text = values["payment_id"]
-        if not text.isascii() or not text.isdigit() or int(text) <= 0:
-            return BadRow(line=line, reason=f"payment_id must be a positive integer: {text!r}")
-        try:
-            amount = parse_amount(values.get("amount"), where="amount")
-        except ValueError as exc:
-            return BadRow(line=line, reason=str(exc))
-        return RefundRow(line, int(text), amount, values.get("key") or None)
-
-
-@attrs.define
-class RefundPrior(Prior):
-    """
-    What an earlier run recorded for one refund row.
-
-    Attributes:
-        refunds_before: The payment's refunds seen before the last intent (id, amount, state).
-    """
-
-    refunds_before: list[list[Any]] = attrs.field(factory=list)
-
-
-def read_refund_journal(path: Path) -> dict[str, RefundPrior]:
-    """What an earlier run recorded per row key (refund lines only)."""
-    priors: dict[str, RefundPrior] = {}
-    with contextlib.suppress(FileNotFoundError), path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            try:
-                record = json.loads(text)
-                key, state = record["journal_key"], record["state"]
-            except (ValueError, KeyError, TypeError):
-                if text.strip():
-                    say(f"{path}:{number}: ignored an unreadable line")
-                continue
-            prior = priors.setdefault(key, RefundPrior())
-            if state in FINAL_STATES:
-                prior.terminal = prior.terminal or state
-            elif state == INTENT_STATE:
-                prior.open_intents += 1
-                # The refund may go out as late as the end of its call (a status read and
-                # the write, each bounded by the client's deadline): count from there.
-                prior.intent_at = (record.get("finished_at") or time.time()) + _CALL_BOUND
-                prior.refunds_before = record.get("refunds_before") or []
-            elif record.get("source") == "refund":
-                prior.open_intents = max(prior.open_intents - 1, 0)
-                if state == "ambiguous":
-                    prior.doubt_at = record.get("finished_at") or time.time()
-    return priors
-
-
 async def refund_batch(args: argparse.Namespace) -> int:
     """Run `refund-batch`: one refund per CSV row, journaled, resumable, never twice."""
     if args.resume and args.out == STDOUT:
@@ -317,56 +232,92 @@ async def refund_batch(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     priors = read_refund_journal(args.out) if args.resume else {}
     journal = open_journal(args.out, resume=args.resume)
-    client = client_from_env(args, max_concurrency=args.concurrency)
-    states: list[str] = []
-    done_earlier = 0
-    gate = asyncio.Semaphore(args.concurrency)
+    run = _Run(args, client_from_env(args, max_concurrency=args.concurrency), journal, priors)
+    with contextlib.closing(table), contextlib.closing(journal):
+        async with run.client:
+            runner = asyncio.create_task(run.rows(table))
+            run.stop.install(runner)
+            try:
+                await runner
+            except asyncio.CancelledError:
+                if not run.stop.hard:
+                    raise
+                run.states.append(INTENT_STATE)  # refunds cut off in flight: intents stand
+            finally:
+                run.stop.uninstall()
+    return run.finish(table.rows)
 
-    async def one(row: RefundRow) -> None:
-        async with gate:
-            prior = priors.get(row.journal_key)
+
+class _Run:
+    """One `refund-batch` run: its rows' outcomes, written as they end."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        client: FreedomPayClient,
+        journal: Journal,
+        priors: dict[str, RefundPrior],
+    ) -> None:
+        self.args = args
+        self.client = client
+        self.journal = journal
+        self.priors = priors
+        self.states: list[str] = []
+        self.done_earlier = 0
+        self.stop = Stop(args.grace)
+        self._gate = asyncio.Semaphore(args.concurrency)
+
+    async def rows(self, table: PayCsv) -> None:
+        """Refund every row not final in the journal, at most `--concurrency` at once."""
+        async with asyncio.TaskGroup() as tasks:
+            for row in cast("Iterator[RefundRow | BadRow]", iter(table)):
+                if isinstance(row, BadRow):
+                    say(f"{self.args.input}:{row.line}: skipped: {row.reason}")
+                    self.states.append("malformed")
+                    continue
+                prior = self.priors.get(row.journal_key)
+                if prior is not None and prior.terminal is not None:
+                    self.done_earlier += 1
+                    continue
+                tasks.create_task(self.one(row))
+
+    async def one(self, row: RefundRow) -> None:
+        """Refund one row (after a stop: not at all) and write its outcome."""
+        async with self._gate:
+            if self.stop.requested:
+                self.states.append("not started")
+                return
+            key = row.journal_key
             record = await refund_one(
-                client,
+                self.client,
                 row.payment_id,
                 row.amount,
                 line=row.line,
                 key=row.key,
-                prior=prior,
-                write_intent=lambda intent: journal.write(
-                    intent | {"journal_key": row.journal_key}
-                ),
-                window=args.settle_window,
+                prior=self.priors.get(key),
+                write_intent=lambda intent: self.journal.write(intent | {"journal_key": key}),
+                window=self.args.settle_window,
             )
-            record["journal_key"] = row.journal_key
-            if not journal.write(record):
+            record["journal_key"] = key
+            if not self.journal.write(record):
                 say("unrecorded outcome: " + json.dumps(record))
-            states.append(record["state"])
+            self.states.append(record["state"])
 
-    with contextlib.closing(table), contextlib.closing(journal):
-        async with client, asyncio.TaskGroup() as tasks:
-            for row in _rows(table):
-                if isinstance(row, BadRow):
-                    say(f"{args.input}:{row.line}: skipped: {row.reason}")
-                    states.append("malformed")
-                    continue
-                prior = priors.get(row.journal_key)
-                if prior is not None and prior.terminal is not None:
-                    done_earlier += 1
-                    continue
-                tasks.create_task(one(row))
-    counts = {state: states.count(state) for state in sorted(set(states))}
-    code = _code(states or ["refunded"])
-    if journal.failed is not None:
-        code = EXIT_UNKNOWN
-    summary = {"rows": table.rows, "done_earlier": done_earlier, "outcomes": counts}
-    summary["exit_code"] = code
-    (sys.stderr if args.out == STDOUT else sys.stdout).write(json.dumps(summary) + "\n")
-    if code == EXIT_UNKNOWN:
-        say(
-            "Some refunds are in doubt: nothing was refunded twice. Later, run again with --resume."
-        )
-    return code
-
-
-def _rows(table: PayCsv) -> Iterator[RefundRow | BadRow]:
-    yield from table  # type: ignore[misc]
+    def finish(self, rows: int) -> int:
+        """Print the summary; return the exit status."""
+        states = self.states
+        code = _code(states or ["refunded"])
+        if self.journal.failed is not None or "not started" in states:
+            code = EXIT_UNKNOWN
+        if self.stop.signum is not None:
+            code = self.stop.exit_code
+        counts = {state: states.count(state) for state in sorted(set(states))}
+        summary = {"rows": rows, "done_earlier": self.done_earlier, "outcomes": counts}
+        summary["exit_code"] = code
+        (sys.stderr if self.args.out == STDOUT else sys.stdout).write(json.dumps(summary) + "\n")
+        if code not in (EXIT_OK, EXIT_NOT_PAID):
+            say(
+                "Some refunds are in doubt or not started: nothing was refunded twice. "
+                "Run again with --resume."
+            )
+        return code
