@@ -16,6 +16,14 @@ from __future__ import annotations
 import logging
 from importlib import metadata
 
+from freedompay_async._classic import ClassicOptions
+from freedompay_async._classic_errors import (
+    AmbiguousWriteError,
+    DuplicateWriteError,
+    ExcessRefundError,
+    WriteClaim,
+    WriteRefusedError,
+)
 from freedompay_async._classic_models import (
     CancelResult,
     CaptureResult,
@@ -84,11 +92,13 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AmbiguousPaymentError",
+    "AmbiguousWriteError",
     "BatchProgress",
     "CancelResult",
     "CaptureResult",
     "CardAddition",
     "CircuitOpenError",
+    "ClassicOptions",
     "ClientClosedError",
     "Clock",
     "ConfigurationError",
@@ -97,6 +107,8 @@ __all__ = [
     "ConnectionLost",
     "DecodeError",
     "DuplicatePayError",
+    "DuplicateWriteError",
+    "ExcessRefundError",
     "FreedomPayClient",
     "FreedomPayError",
     "GatewayError",
@@ -129,5 +141,7 @@ __all__ = [
     "SignatureError",
     "Timeouts",
     "TransportError",
+    "WriteClaim",
+    "WriteRefusedError",
     "__version__",
 ]

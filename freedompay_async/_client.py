@@ -23,6 +23,9 @@ import attrs
 
 from freedompay_async import _decode
 from freedompay_async._call import Act, Call
+from freedompay_async._classic import ClassicOptions
+from freedompay_async._classic_client import ClassicOperations
+from freedompay_async._classic_driver import WriteGuard
 from freedompay_async._config import (
     BodyFormat,
     Clock,
@@ -97,7 +100,7 @@ class _SystemClock:
         await asyncio.sleep(seconds)
 
 
-class FreedomPayClient:
+class FreedomPayClient(ClassicOperations):
     """
     An asyncio client for Freedom Pay's invoice API, sharing one HTTP session across calls.
 
@@ -125,6 +128,8 @@ class FreedomPayClient:
         on_giveup: Called with a `RetryEvent` when a call gives up on an error.
         guard: The duplicate-pay guard; defaults to `InMemoryPayGuard()`.
         rate_limiter: Consulted before each request is sent; none by default.
+        classic: The classic Merchant API's switches (`ClassicOptions`): card-add script, reply
+            verification, reply size cap.
 
     Raises:
         ConfigurationError: An option is invalid.
@@ -151,6 +156,7 @@ class FreedomPayClient:
         on_giveup: Callable[[RetryEvent], object] | None = None,
         guard: PayGuard | None = None,
         rate_limiter: RateLimiter | None = None,
+        classic: ClassicOptions | None = None,
     ) -> None:
         if not (is_integer(merchant_id) or isinstance(merchant_id, str)):
             raise ConfigurationError("merchant_id must be a string or an integer")
@@ -185,6 +191,8 @@ class FreedomPayClient:
         self._on_giveup = on_giveup
         self._guard: PayGuard = guard if guard is not None else InMemoryPayGuard()
         self._rate_limiter = rate_limiter
+        self._classic_options = classic if classic is not None else ClassicOptions()
+        self._write_guard = WriteGuard()
         self._budget = RetryBudget(self._retry.budget) if self._retry.budget else None
         self._breaker = (
             CircuitBreaker(self._retry.breaker_threshold, self._retry.breaker_cooldown)

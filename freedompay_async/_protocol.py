@@ -26,6 +26,7 @@ from freedompay_async.signing import jws_detached, jws_payload
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from freedompay_async._classic_models import ClassicOperation
     from freedompay_async._config import _Credentials, _WireOptions
 
 __all__ = [
@@ -64,8 +65,8 @@ class OutgoingRequest:
     One call's request, ready to send as many times as the retry policy allows.
 
     Attributes:
-        operation: The operation.
-        path: The endpoint path.
+        operation: The operation (an invoice one, or a classic Merchant API one).
+        path: The endpoint path; the URL of an operation outside `Operation` is built from it.
         body: The exact body bytes.
         headers: Content-Type, Accept and X-JWS-Signature; never logged.
         context: Non-secret identifiers for logs and errors (`customer`, `order_id`, ...),
@@ -74,7 +75,7 @@ class OutgoingRequest:
             an exception built from the reply redacts every occurrence.
     """
 
-    operation: Operation
+    operation: Operation | ClassicOperation
     path: str
     body: bytes = attrs.field(repr=False)
     headers: Mapping[str, str] = attrs.field(repr=False)

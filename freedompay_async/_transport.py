@@ -159,7 +159,7 @@ class Transport:
         accept_encoding: str = ACCEPT_ENCODING,
     ) -> None:
         self._base = URL(check_base_url(base_url))
-        self._urls = {
+        self._urls: dict[object, URL] = {
             op: self._base.with_path(self._base.path.rstrip("/") + op.path) for op in Operation
         }
         self._session = session
@@ -318,8 +318,11 @@ class Transport:
         headers = request.headers
         if self._extra_headers is not None:
             headers = {**headers, **self._extra_headers}
+        url = self._urls.get(request.operation)
+        if url is None:
+            url = self._base.with_path(self._base.path.rstrip("/") + request.path)
         async with session.post(
-            self._urls[request.operation],
+            url,
             data=request.body,
             headers=headers,
             timeout=self._timeout_for(remaining),

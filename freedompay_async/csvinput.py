@@ -171,11 +171,17 @@ def _names(cells: list[str]) -> list[str]:
     return [cell.strip().lower() for cell in cells]
 
 
-def _sniff(path: Path, header: str, delimiter: str | None) -> tuple[str, list[str]]:
+def _sniff(
+    path: Path,
+    header: str,
+    delimiter: str | None,
+    required: tuple[str, ...] = REQUIRED_COLUMNS,
+    optional: tuple[str, ...] = _OPTIONAL_COLUMNS,
+) -> tuple[str, list[str]]:
     """Pick the delimiter whose split of *header* names the required columns."""
     for candidate in (delimiter,) if delimiter else DELIMITERS:
         names = _names(next(csv.reader([header], delimiter=candidate), []))
-        if all(column in names for column in REQUIRED_COLUMNS):
+        if all(column in names for column in required):
             if len(set(names)) != len(names):
                 raise CsvInputError(
                     f"{path}:1: the header names a column twice: {header.strip()!r}",
@@ -185,8 +191,9 @@ def _sniff(path: Path, header: str, delimiter: str | None) -> tuple[str, list[st
             return candidate, names
     tried = repr(delimiter) if delimiter else "comma, semicolon, tab or |"
     raise CsvInputError(
-        f"{path}:1: the header must name the columns customer, user_id, card_token (and "
-        f"optionally key), separated by {tried}; found {header.strip()[:120]!r}",
+        f"{path}:1: the header must name the columns {', '.join(required)} (and "
+        f"optionally {', '.join(optional)}), separated by {tried}; found "
+        f"{header.strip()[:120]!r}",
         path=path,
         line=1,
     )
@@ -206,6 +213,10 @@ class PayCsv:
         rows: How many non-blank records follow the header (good and bad together).
     """
 
+    #: The columns a file of this kind must name, and those it may name.
+    REQUIRED: tuple[str, ...] = REQUIRED_COLUMNS
+    OPTIONAL: tuple[str, ...] = _OPTIONAL_COLUMNS
+
     def __init__(self, path: Path, *, encoding: str, delimiter: str, columns: list[str]) -> None:
         self.path = path
         self.encoding = encoding
@@ -214,7 +225,7 @@ class PayCsv:
         self.rows = 0
         self._index = {
             name: columns.index(name)
-            for name in (*REQUIRED_COLUMNS, *_OPTIONAL_COLUMNS)
+            for name in (*self.REQUIRED, *self.OPTIONAL)
             if name in columns
         }
         self._handle: io.TextIOWrapper | None = None
@@ -256,12 +267,16 @@ class PayCsv:
             name: record[index].strip() if index < len(record) else ""
             for name, index in self._index.items()
         }
-        empty = [name for name in REQUIRED_COLUMNS if not values[name]]
+        empty = [name for name in self.REQUIRED if not values[name]]
         if empty:
             return BadRow(
                 line=line,
                 reason=f"missing {', '.join(empty)} ({len(record)} of {len(self.columns)} fields)",
             )
+        return self._build(line, values)
+
+    def _build(self, line: int, values: dict[str, str]) -> PayRow | BadRow:
+        """Turn one complete record's values (by column name) into a row, or a `BadRow`."""
         return PayRow(
             line=line,
             customer=values["customer"],
@@ -296,7 +311,11 @@ class PayCsv:
 
 
 def open_pay_csv(
-    path: Path | str, *, encoding: str = DEFAULT_ENCODING, delimiter: str | None = None
+    path: Path | str,
+    *,
+    encoding: str = DEFAULT_ENCODING,
+    delimiter: str | None = None,
+    kind: type[PayCsv] = PayCsv,
 ) -> PayCsv:
     """
     Check a pay CSV from end to end and return it, ready to iterate.
@@ -308,6 +327,7 @@ def open_pay_csv(
         path: The CSV file.
         encoding: A Python codec name (default `utf-8-sig`; `cp1251` for Cyrillic Windows).
         delimiter: One character; None sniffs `,` `;` tab `|` from the header.
+        kind: The kind of file: `PayCsv`, or a subclass naming other columns.
 
     Returns:
         The open file; `rows` holds its number of non-blank records.
@@ -330,7 +350,7 @@ def open_pay_csv(
         header = handle.readline()
     if not header.strip():
         raise CsvInputError(f"{path}:1: the file is empty or starts with a blank line", path=path)
-    sniffed, columns = _sniff(path, header, delimiter)
-    table = PayCsv(path, encoding=encoding, delimiter=sniffed, columns=columns)
+    sniffed, columns = _sniff(path, header, delimiter, kind.REQUIRED, kind.OPTIONAL)
+    table = kind(path, encoding=encoding, delimiter=sniffed, columns=columns)
     table._count()  # noqa: SLF001 - the module's own helper
     return table

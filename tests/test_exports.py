@@ -10,7 +10,10 @@ import pytest
 import freedompay_async
 from freedompay_async import (
     AmbiguousPaymentError,
+    AmbiguousWriteError,
     DecodeError,
+    DuplicateWriteError,
+    ExcessRefundError,
     FreedomPayError,
     GatewayError,
     HTTPStatusError,
@@ -18,6 +21,8 @@ from freedompay_async import (
     InvoiceStatus,
     PaymentPending,
     ResponseError,
+    WriteClaim,
+    WriteRefusedError,
 )
 
 CONTRACT_NAMES = {
@@ -58,6 +63,15 @@ CLASSIC_NAMES = {
     "CaptureResult",
 }
 
+CLASSIC_CLIENT_NAMES = {
+    "ClassicOptions",
+    "DuplicateWriteError",
+    "ExcessRefundError",
+    "WriteRefusedError",
+    "AmbiguousWriteError",
+    "WriteClaim",
+}
+
 
 def test_all_is_sorted_and_exported() -> None:
     """__all__ is sorted, holds no duplicates, and every name in it is importable."""
@@ -78,6 +92,15 @@ def test_classic_merchant_api_models_are_exported() -> None:
     assert set(freedompay_async.__all__) >= CLASSIC_NAMES
     for name in CLASSIC_NAMES:
         assert getattr(freedompay_async, name).__module__ == "freedompay_async._classic_models"
+
+
+def test_classic_client_names_are_exported_with_docstrings() -> None:
+    """The classic client's options, claim and refusals are exported and documented."""
+    assert set(freedompay_async.__all__) >= CLASSIC_CLIENT_NAMES
+    for name in CLASSIC_CLIENT_NAMES:
+        doc = getattr(freedompay_async, name).__doc__
+        assert doc
+        assert doc.strip()
 
 
 def test_signing_and_testing_modules_expose_the_contract() -> None:
@@ -133,6 +156,14 @@ def test_rich_exceptions_keep_their_fields_through_pickle() -> None:
         DecodeError("d", tag="amount"),
         PaymentPending("p", payment=payment),
         AmbiguousPaymentError("a", customer="cust-1"),
+        AmbiguousWriteError("w", operation="refund", payment_id=7, amount=Decimal("1.50")),
+        DuplicateWriteError(
+            "d",
+            payment_id=7,
+            claim=WriteClaim(operation="refund", payment_id=7, amount=None, state="done"),
+        ),
+        ExcessRefundError("x", payment_id=7, amount=Decimal(5), refundable=Decimal(2)),
+        WriteRefusedError("r", payment_id=7, reason="already captured"),
     ]
     for error in cases:
         clone = pickle.loads(pickle.dumps(error))

@@ -12,6 +12,7 @@ import pytest
 
 from freedompay_async import (
     AmbiguousPaymentError,
+    AmbiguousWriteError,
     CircuitOpenError,
     ClientClosedError,
     ConfigurationError,
@@ -20,6 +21,8 @@ from freedompay_async import (
     ConnectTimeout,
     DecodeError,
     DuplicatePayError,
+    DuplicateWriteError,
+    ExcessRefundError,
     FreedomPayError,
     GatewayError,
     HTTPStatusError,
@@ -33,6 +36,7 @@ from freedompay_async import (
     RetryPolicy,
     SignatureError,
     TransportError,
+    WriteRefusedError,
 )
 from freedompay_async._retry import (
     BREAKER_FAILURES,
@@ -202,7 +206,15 @@ def _subclasses(cls: type) -> set[type]:
 #: Classes that never come out of one attempt (call-level ends and abstract bases).
 NOT_ATTEMPT_RESULTS = {
     AmbiguousPaymentError,
+    AmbiguousWriteError,
+    DuplicateWriteError,
+    ExcessRefundError,
+    WriteRefusedError,
+    AmbiguousWriteError,
     DuplicatePayError,
+    DuplicateWriteError,
+    ExcessRefundError,
+    WriteRefusedError,
     PaymentPending,
     ResponseError,
     TransportError,

@@ -56,7 +56,13 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def _handlers() -> dict[str, Callable[[Any], Any]]:
-    from freedompay_async.cli import _commands, _demo, _paybatch  # noqa: PLC0415 - lazy
+    from freedompay_async.cli import (  # noqa: PLC0415 - lazy
+        _cards,
+        _commands,
+        _demo,
+        _paybatch,
+        _refunds,
+    )
     from freedompay_async.contrib import run_enqueue  # noqa: PLC0415 - lazy
 
     return {
@@ -67,6 +73,9 @@ def _handlers() -> dict[str, Callable[[Any], Any]]:
         "status": _commands.status,
         "info": _commands.info,
         "emulate": _commands.emulate,
+        "cards": _cards.cards,
+        "refund": _refunds.refund,
+        "refund-batch": _refunds.refund_batch,
         "enqueue": run_enqueue,
     }
 

@@ -18,6 +18,7 @@ from freedompay_async import (
     Timeouts,
 )
 from freedompay_async.cli import _render
+from freedompay_async.cli._classic_demo import run_classic_demo
 from freedompay_async.cli._common import EXIT_NOT_PAID, EXIT_OK
 from freedompay_async.reporting import SummaryBuilder
 
@@ -130,6 +131,7 @@ async def demo(args: argparse.Namespace) -> int:
             f"{sum(plan.faults.values())} pays ({args.fault_rate:.0%}).\n"
         )
         builder = SummaryBuilder()
+        paid: list[int | None] = []
         rich = _render.use_rich(plain=args.plain, stream=sys.stderr)
         progress = _render.Progress("Paying", args.invoices, rich=rich)
         async with FreedomPayClient(
@@ -149,7 +151,18 @@ async def demo(args: argparse.Namespace) -> int:
                     async for outcome in outcomes:
                         builder.add(outcome)
                         progress.advance(outcome.state)
+                        if outcome.state == "paid" and outcome.payment is not None:
+                            paid.append(outcome.payment.invoice_id)
             summary = builder.build(time.monotonic() - start)
+            classic_rows, classic_bad = await run_classic_demo(
+                emulator,
+                client,
+                paid=[pid for pid in paid if pid is not None],
+                fault_rate=args.fault_rate,
+                concurrency=args.concurrency,
+                rng=rng,
+                read_timeout=_DEMO_TIMEOUTS.read,
+            )
         stats = emulator.stats
         double = emulator.double_charged()
     scripted = ", ".join(f"{name} {n}" for name, n in plan.fates.items() if n)
@@ -168,18 +181,25 @@ async def demo(args: argparse.Namespace) -> int:
         if double
         else "No invoice was charged twice."
     )
-    code = EXIT_NOT_PAID if double else EXIT_OK
+    if classic_bad:
+        footer += f" {classic_bad} payment(s) were refunded more than asked or captured twice."
+    code = EXIT_NOT_PAID if double or classic_bad else EXIT_OK
     if args.json:
         data = {
             "exit_code": code,
             "summary": summary.to_dict(),
             "gateway": dict(gateway),
             "charged_twice": double,
+            "saved_cards_and_refunds": dict(classic_rows),
         }
         _render.render_json(sys.stdout, data)
         return code
     rich_out = _render.use_rich(plain=args.plain, stream=sys.stdout)
-    sections = [("Batch", _render.batch_facts(summary)), ("Gateway (emulator)", gateway)]
+    sections = [
+        ("Batch", _render.batch_facts(summary)),
+        ("Gateway (emulator)", gateway),
+        ("Saved cards, refunds, captures (emulator)", classic_rows),
+    ]
     columns = {"invoices": dict(summary.by_state)}
     _render.render(sys.stdout, columns, sections, footer, rich=rich_out)
     return code

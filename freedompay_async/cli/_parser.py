@@ -176,6 +176,74 @@ def _pay_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _connection(pay)
 
 
+def _classic(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`cards list|remove`, `refund`, `refund-batch`: the classic Merchant API."""
+    cards = _command(
+        commands,
+        "cards",
+        "list or remove a user's saved cards (tokens masked; remove reads it from the env)",
+        "List a user's saved cards as JSON (card tokens masked), or remove one. The token of "
+        "the card to remove is read from the environment, never from the command line.",
+    )
+    cards.add_argument("action", choices=("list", "remove"))
+    cards.add_argument("--user-id", required=True, help="the card owner's id")
+    cards.add_argument("--extended", action="store_true", help="list: bank, brand, expiry too")
+    cards.add_argument(
+        "--card-token-env",
+        default="FREEDOMPAY_CARD_TOKEN",
+        type=_env_var_name,
+        metavar="VAR",
+        help="remove: the variable holding the card token (default: %(default)s)",
+    )
+    _connection(cards)
+    refund = _command(
+        commands,
+        "refund",
+        "refund one payment, fully or in part (status read first); print the outcome as JSON",
+        "Refund one payment at most once. Its status is read first: more than is left to "
+        "refund is refused, and a refund whose outcome is unknown is reported (exit 3), never "
+        "sent again.",
+    )
+    refund.add_argument("--payment-id", required=True, type=_number(int, 1), metavar="N")
+    refund.add_argument("--amount", help="e.g. 150.00 (default: all that is left)")
+    _connection(refund)
+    batch = _command(
+        commands,
+        "refund-batch",
+        "refund the payments of a CSV file, one JSON line per outcome; resumable",
+        "Refund one payment per CSV row (header: payment_id[,amount][,key]; an empty amount "
+        "refunds what is left) and append one JSON line per outcome to OUT. An intent line is "
+        "written before each refund is sent. Every row's status is read first: a payment "
+        "that already shows a refund of that amount is not refunded again, so rerunning the "
+        "file never refunds twice. With --resume, rows with a final outcome are skipped and a "
+        "row whose refund may have been sent is settled by its status, or stays in doubt.",
+    )
+    batch.add_argument("input", type=Path, metavar="INPUT.csv")
+    batch.add_argument(
+        "--out", type=Path, required=True, metavar="OUT.jsonl", help="outcomes ('-': stdout)"
+    )
+    batch.add_argument("--resume", action="store_true", help="continue the run recorded in OUT")
+    batch.add_argument("--concurrency", type=_number(int, 1), default=8, metavar="C")
+    batch.add_argument("--encoding", default="utf-8-sig", help="the CSV's encoding")
+    batch.add_argument("--delimiter", type=_delimiter, default=None, help="default: sniffed")
+    batch.add_argument(
+        "--settle-window",
+        type=_number(float, 0),
+        default=None,
+        metavar="SECONDS",
+        help="with --resume: an unchanged status read this long after a refund that may have "
+        "been sent proves it never landed, so it is sent (default: never; such rows exit 3)",
+    )
+    batch.add_argument(
+        "--grace",
+        type=_number(float, 0),
+        default=10.0,
+        metavar="SECONDS",
+        help="after SIGINT/SIGTERM, how long refunds in flight may finish (default: 10)",
+    )
+    _connection(batch)
+
+
 def _output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
@@ -221,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _output(demo)
 
     _pay_batch(commands)
+    _classic(commands)
 
     pay = _command(
         commands,

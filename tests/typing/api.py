@@ -11,7 +11,14 @@ from decimal import Decimal
 
 from freedompay_async import (
     AmbiguousPaymentError,
+    AmbiguousWriteError,
     BatchProgress,
+    CancelResult,
+    CaptureResult,
+    CardAddition,
+    ClassicOptions,
+    DuplicateWriteError,
+    ExcessRefundError,
     FreedomPayClient,
     FreedomPayError,
     GatewayError,
@@ -26,10 +33,14 @@ from freedompay_async import (
     PayRequest,
     PollPolicy,
     RefundEntry,
+    RefundResult,
+    RemovedCard,
     RetryEvent,
     RetryPolicy,
     SavedCard,
     Timeouts,
+    WriteClaim,
+    WriteRefusedError,
 )
 from freedompay_async.signing import jws_detached, jws_payload, pg_sig, verify_pg_sig
 from freedompay_async.testing import Fate, Fault, FreedomPayEmulator, VirtualClock
@@ -141,3 +152,38 @@ async def classic_emulator_usage(status: PaymentStatus, cards: tuple[SavedCard, 
     assert len(entries) >= 0
     hashes: list[str | None] = [card.card_hash for card in cards]
     assert len(hashes) == len(cards)
+
+
+async def classic_client_usage(client: FreedomPayClient) -> None:
+    """Save, list and remove cards; read a status; refund, capture and cancel, handling errors."""
+    addition: CardAddition = await client.save_card(
+        user_id="u1", back_link="https://shop.example/back", post_link=None, order_id="c-1"
+    )
+    url: str = addition.redirect_url
+    assert url
+    cards: tuple[SavedCard, ...] = await client.list_cards(user_id="u1", extended=True)
+    removed: RemovedCard = await client.remove_card(user_id="u1", card_token=cards[0].card_token)
+    assert removed.deleted_at is None or removed.deleted_at
+    status: PaymentStatus = await client.payment_status(payment_id=1)
+    by_order: PaymentStatus = await client.payment_status(order_id="A-1", retry=RetryPolicy())
+    assert status.payment_id == by_order.payment_id
+    try:
+        refund: RefundResult = await client.refund_payment(payment_id=1, amount=Decimal("10.00"))
+        assert refund.refund_payment_id is None or refund.refund_payment_id > 0
+    except DuplicateWriteError as exc:
+        claim: WriteClaim | None = exc.claim
+        assert claim is None or claim.state
+    except ExcessRefundError as exc:
+        left: Decimal | None = exc.refundable
+        assert left is None or left >= 0
+    except AmbiguousWriteError as exc:
+        pid: int | None = exc.payment_id
+        assert pid is None or pid > 0
+    except WriteRefusedError as exc:
+        reason: str | None = exc.reason
+        assert reason is None or reason
+    captured: CaptureResult = await client.capture_payment(payment_id=2, amount=None)
+    cancelled: CancelResult = await client.cancel_payment(payment_id=3)
+    assert captured.payment_id != cancelled.payment_id
+    options = ClassicOptions(card_add_script="add", verify_replies=True)
+    assert FreedomPayClient("1", "k", classic=options)
