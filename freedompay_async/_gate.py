@@ -1,18 +1,27 @@
 """
-The FIFO gate in front of aiohttp's connector.
+The FIFO gate in front of aiohttp's connector, and the deadline watcher of the exchanges.
 
 Why a gate: aiohttp's connector hands an idle connection to whoever asks next before it looks at
 its queue of waiters, so under load a task that just released a connection takes it straight back
 and queued callers starve (p99 in seconds). The gate is FIFO and has the connector's size, so the
 connector's own queue never forms.
+
+Why a watcher, one periodic check that cuts exchanges past their deadline, rather than a timer
+per request: a timer per request (`asyncio.timeout`) costs a scheduled handle, its cancellation
+and the event loop's heap work for every exchange, and with thousands in flight the heap fills
+with cancelled handles. The watcher keeps the deadlines in a dict and looks at them every `tick`
+seconds while any exchange is watched, so an exchange outlives its deadline by at most one tick.
+An expired exchange's task is cancelled; the transport asks `release()` whether that
+cancellation was the deadline's, and turns it into `ReadTimeout`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Any, Final
 
-__all__ = ["FifoGate"]
+__all__ = ["TICK", "DeadlineWatcher", "FifoGate"]
 
 
 class FifoGate:
@@ -69,3 +78,69 @@ class FifoGate:
                 future.set_result(None)
                 return
         self._free += 1
+
+
+#: Seconds between two looks at the watched deadlines.
+TICK: Final = 0.1
+
+
+class DeadlineWatcher:
+    """The deadlines of the exchanges in flight on one event loop, checked every `tick`."""
+
+    __slots__ = ("_due", "_expired", "_handle", "_loop", "_tick")
+
+    def __init__(self, tick: float = TICK) -> None:
+        self._tick = tick
+        self._due: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, task: asyncio.Task[Any], seconds: float) -> None:
+        """
+        Cancel *task* once *seconds* have passed, unless `release(task)` comes first.
+
+        Args:
+            task: The task running the exchange (one exchange per task at a time).
+            seconds: Seconds from now until its deadline.
+        """
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = task.get_loop()
+        self._due[task] = loop.time() + seconds
+        if self._handle is None:
+            self._handle = loop.call_later(min(seconds, self._tick), self._check)
+
+    def release(self, task: asyncio.Task[Any]) -> bool:
+        """
+        Stop watching *task*.
+
+        Args:
+            task: The task given to `watch`.
+
+        Returns:
+            True when the deadline cancelled it (its cancellation request is then the watcher's).
+        """
+        self._due.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    def _check(self) -> None:
+        loop = self._loop
+        assert loop is not None  # noqa: S101 - set by the first watch()
+        now = loop.time()
+        due = self._due
+        late = [task for task, at in due.items() if at <= now]
+        for task in late:
+            del due[task]
+            self._expired.add(task)
+            task.cancel()
+        if due:
+            soonest = min(due.values())
+            self._handle = loop.call_at(
+                max(now + 0.001, min(soonest, now + self._tick)), self._check
+            )
+        else:
+            self._handle = None

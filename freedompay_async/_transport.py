@@ -8,8 +8,9 @@ never held across a backoff, a reconcile grace or a poll interval.
 
 The call's deadline bounds the whole exchange: gate wait, connect, write, headers and body. The
 per-attempt timeouts (`Timeouts.connect`, `Timeouts.read`) are capped by the time left, and one
-timer armed at the deadline (plus `DEADLINE_SLACK`) cuts a reply that keeps dripping bytes, which
-`sock_read` alone never would: it only bounds the gap between two bytes.
+deadline watcher (`_gate.DeadlineWatcher`, one periodic check rather than a timer per
+request) cuts a reply that keeps dripping bytes at the deadline plus `DEADLINE_SLACK` and at most
+one tick, which `sock_read` alone never would: it only bounds the gap between two bytes.
 
 The size cap counts decoded bytes. aiohttp's own decompression is switched off for every request
 (`auto_decompress=False`, also on a caller's session); `_inflate` decodes gzip and deflate with a
@@ -51,7 +52,7 @@ from freedompay_async._exceptions import (
     ReadTimeout,
     TransportCause,
 )
-from freedompay_async._gate import FifoGate
+from freedompay_async._gate import DeadlineWatcher, FifoGate
 from freedompay_async._inflate import ACCEPT_ENCODING, InflateError, Inflater
 from freedompay_async._protocol import Operation, OutgoingRequest, RawResponse
 from freedompay_async.masking import printable, redact_text
@@ -171,6 +172,7 @@ class Transport:
         if session is not None and session.connector is not None and session.connector.limit:
             limit = min(limit, session.connector.limit)
         self.gate = FifoGate(limit)
+        self._deadlines = DeadlineWatcher()
         self._timeouts = timeouts
         self._default_timeout = aiohttp.ClientTimeout(
             total=None,
@@ -277,27 +279,46 @@ class Transport:
                 f"{operation}: the client was closed before this request was sent; not sent",
                 operation=operation,
             )
-        error: FreedomPayError | None = None
-        cause: TransportCause | None = None
         try:
-            scope = asyncio.timeout(remaining + DEADLINE_SLACK)
-            try:
-                async with scope:
-                    return await self._exchange(session, request, remaining)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                cause = transport_cause(exc)
-                if scope.expired():
-                    error = ReadTimeout(
-                        f"{operation}: the call's deadline passed before the reply was complete; "
-                        "the request may have been processed",
-                        operation=operation,
-                    )
-                else:
-                    error = map_client_error(exc, operation)
+            return await self._watched(session, request, remaining)
         finally:
             gate.release()
-        # Raised here, outside the except block: the aiohttp exception is not even __context__.
-        raise error from cause
+
+    async def _watched(
+        self, session: aiohttp.ClientSession, request: OutgoingRequest, remaining: float
+    ) -> RawResponse:
+        """Run the exchange under the deadline watcher; map what it raises."""
+        operation = request.operation.value
+        deadlines = self._deadlines
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - send() always runs in a task
+        deadlines.watch(task, remaining + DEADLINE_SLACK)
+        cause: TransportCause | None = None
+        error: FreedomPayError | None = None
+        try:
+            return await self._exchange(session, request, remaining)
+        except asyncio.CancelledError:
+            # The deadline's own cancellation becomes a timeout; anyone else's propagates.
+            if not deadlines.release(task) or task.uncancel() > 0:
+                raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            cause = transport_cause(exc)
+            if not deadlines.release(task):
+                # Raised below, outside the except block: the aiohttp exception is not even
+                # __context__.
+                error = map_client_error(exc, operation)
+            elif task.uncancel() > 0:
+                raise asyncio.CancelledError from None
+        finally:
+            if deadlines.release(task):
+                task.uncancel()
+        if error is not None:
+            raise error from cause
+        raise ReadTimeout(
+            f"{operation}: the call's deadline passed before the reply was complete; "
+            "the request may have been processed",
+            operation=operation,
+        ) from cause
 
     async def _wait_for_slot(self, operation: str, remaining: float) -> None:
         timed_out = False

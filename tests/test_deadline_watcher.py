@@ -1,0 +1,144 @@
+"""The transport's deadline watcher: its cancellation becomes ReadTimeout, nobody else's does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from freedompay_async import ReadTimeout, Timeouts
+from freedompay_async._config import _Credentials, _WireOptions
+from freedompay_async._gate import DeadlineWatcher
+from freedompay_async._protocol import Operation, build_request
+from freedompay_async._transport import Transport
+
+
+@contextlib.asynccontextmanager
+async def _silent_server() -> AsyncIterator[str]:
+    """A server that reads requests and never answers (the exchange hangs until cut)."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(4096):
+                    pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+def _transport(base_url: str) -> Transport:
+    return Transport(
+        base_url=base_url,
+        max_concurrency=2,
+        max_response_bytes=1 << 20,
+        timeouts=Timeouts(connect=1.0, read=30.0, pool=1.0),
+        session=None,
+        user_agent="test",
+    )
+
+
+def _request() -> object:
+    credentials = _Credentials(merchant_id="1", secret_key="k")
+    wire = _WireOptions(
+        body_format="multipart",
+        jws_header_key="path",
+        qr_customer_param="customer",
+        max_response_bytes=1 << 20,
+    )
+    return build_request(
+        Operation.STATUS,
+        [("merchant_id", "1"), ("customer", "c1")],
+        credentials=credentials,
+        wire=wire,
+    )
+
+
+async def test_the_deadline_cuts_a_silent_exchange_as_a_read_timeout() -> None:
+    """An exchange that never answers ends as ReadTimeout soon after its deadline, slot freed."""
+    async with _silent_server() as url:
+        transport = _transport(url)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(ReadTimeout):
+                await transport.send(_request(), remaining=0.3)  # type: ignore[arg-type]
+            took = loop.time() - started
+            assert 0.3 <= took < 0.3 + 0.05 + 0.1 + 0.2
+            assert transport.gate.in_use == 0
+            task = asyncio.current_task()
+            assert task is not None
+            assert task.cancelling() == 0
+        finally:
+            await transport.close()
+
+
+async def test_a_callers_cancellation_is_never_turned_into_a_timeout() -> None:
+    """Cancelling the caller while its exchange is watched raises CancelledError, slot freed."""
+    async with _silent_server() as url:
+        transport = _transport(url)
+        try:
+            request = _request()
+            call = asyncio.ensure_future(transport.send(request, remaining=30.0))  # type: ignore[arg-type]
+            await asyncio.sleep(0)  # send() takes its slot before its first await
+            assert transport.gate.in_use == 1
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert transport.gate.in_use == 0
+        finally:
+            await transport.close()
+
+
+async def test_a_cancellation_at_the_deadline_still_propagates() -> None:
+    """A caller cancelled in the same tick its deadline fires is cancelled, not timed out."""
+    async with _silent_server() as url:
+        transport = _transport(url)
+        try:
+            call = asyncio.ensure_future(transport.send(_request(), remaining=0.2))  # type: ignore[arg-type]
+            loop = asyncio.get_running_loop()
+            # Cancel just after the watcher's check has cancelled the task for its deadline.
+            loop.call_later(0.2 + 0.05 + 0.1 + 0.001, call.cancel)
+            with pytest.raises((asyncio.CancelledError, ReadTimeout)) as caught:
+                await call
+            if isinstance(caught.value, ReadTimeout):
+                # The deadline won the race and the call ended before the caller's cancel.
+                assert call.done()
+            assert transport.gate.in_use == 0
+        finally:
+            await transport.close()
+
+
+async def test_the_watcher_cancels_only_what_is_past_due_and_stops_when_idle() -> None:
+    """Two watched tasks: the overdue one is cancelled and reported, the other released clean."""
+    watcher = DeadlineWatcher(tick=0.02)
+    slow = asyncio.ensure_future(asyncio.sleep(10))
+    quick = asyncio.ensure_future(asyncio.sleep(10))
+    await asyncio.sleep(0)
+    watcher.watch(slow, 0.05)
+    watcher.watch(quick, 5.0)
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert watcher.release(slow) is True
+    assert watcher.release(quick) is False
+    quick.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await quick
+    await asyncio.sleep(0.05)  # one more tick finds nothing left to watch
+    assert watcher._handle is None
