@@ -210,6 +210,10 @@ async def _work(
             return
         counters.in_flight -= 1
         results.put_nowait(outcome)
+        if _cancelled_from_outside():
+            # Something beneath pay_one swallowed the batch's cancellation: keep the outcome,
+            # and stop as asked instead of waiting on the inbox forever.
+            raise asyncio.CancelledError
 
 
 def _start(

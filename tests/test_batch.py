@@ -288,6 +288,33 @@ async def test_breaking_out_of_aclosing_stops_every_task() -> None:
     assert caught == []
 
 
+async def test_a_pay_one_that_swallows_the_cancellation_cannot_hang_the_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cancellation swallowed beneath pay_one still stops its worker; the outcome is logged."""
+    started = asyncio.Event()
+
+    async def stubborn(item: PayRequest) -> PayOutcome:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # what a library beneath pay_one may do by mistake
+        return PayOutcome(request=item, error=None, attempts=1, elapsed=0.0)
+
+    async with asyncio.timeout(5):
+        async with contextlib.aclosing(
+            run_batch([request(1)], pay_one=stubborn, concurrency=1)
+        ) as outcomes:
+            waiting = asyncio.ensure_future(anext(outcomes))
+            await started.wait()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+    assert batch_tasks() == []
+    assert any("c-1" in record.getMessage() for record in caplog.records)
+
+
 async def test_cancelling_the_consumer_stops_every_task() -> None:
     """Cancelling the task that iterates the batch cancels its workers and propagates."""
     payer = FakePayer(turns=3)
