@@ -23,11 +23,19 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
-    from freedompay_async.testing._classic_wire import ClassicItem
+__all__ = [
+    "CardStore",
+    "ClassicItem",
+    "ClassicRefusalError",
+    "Payment",
+    "PaymentBook",
+    "RefundRow",
+]
 
-__all__ = ["CardStore", "ClassicRefusalError", "Payment", "PaymentBook", "RefundRow"]
+#: A reply field: text, or nested fields.
+ClassicItem = tuple[str, "str | Sequence[ClassicItem]"]
 
 _LOCAL_TZ: Final = timezone(timedelta(hours=5))
 _FIRST_PAYMENT_ID: Final = 500_000_001

@@ -19,6 +19,7 @@ import attrs
 from aiohttp import web
 
 from freedompay_async.signing import Element, pg_sig
+from freedompay_async.testing._classic_state import ClassicItem
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,8 +43,6 @@ __all__ = [
     "verify_request",
 ]
 
-#: A reply field: text, or nested fields.
-ClassicItem = tuple[str, "str | Sequence[ClassicItem]"]
 
 MAX_FORM_FIELDS: Final = 64
 ERR_MERCHANT: Final = 9998
