@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from local_binaries import find_binary, free_port
 
 _CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx")
 _START_TIMEOUT = 10.0
@@ -21,20 +21,7 @@ _STOP_TIMEOUT = 5.0
 
 def find_nginx() -> str | None:
     """Return the path of `nginx`, or None when it is not installed."""
-    found = shutil.which("nginx")
-    if found:
-        return found
-    for candidate in _CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return find_binary("nginx", _CANDIDATES)
 
 
 def _listening(port: int) -> bool:

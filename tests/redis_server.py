@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -13,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from local_binaries import find_binary, free_port
 
 #: Where Debian and common installs put the binary when it is not on PATH.
 _CANDIDATES = ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server")
@@ -22,19 +21,7 @@ _STOP_TIMEOUT = 5.0
 
 def find_redis_server() -> str | None:
     """Return the path of `redis-server`, or None when it is not installed."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    for candidate in _CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return find_binary("redis-server", _CANDIDATES)
 
 
 def _ping(port: int) -> bool:
@@ -64,7 +51,7 @@ class RedisServer:
         """Start on a free port and wait (bounded) until it answers PING."""
         last_error = "did not start"
         for _ in range(3):  # a free port can be taken between the probe and the bind
-            self.port = _free_port()
+            self.port = free_port()
             log = (self.directory / f"redis-{self.port}.log").open("wb")
             with log:
                 self.process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
