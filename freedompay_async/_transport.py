@@ -1,39 +1,33 @@
 """
 The one module that talks to aiohttp's client: session, FIFO gate, timeouts, error mapping.
 
-One exchange is: wait for a gate slot (bounded by `Timeouts.pool`), write the pre-serialised
-body, read the reply decoded chunk by chunk under the size cap, release the connection and the
-slot, and return plain bytes. Nothing here sleeps between attempts or decides anything: a slot is
-never held across a backoff, a reconcile grace or a poll interval.
+One exchange, one coroutine: wait for a gate slot (`Timeouts.pool`), write the pre-serialised
+body, read the reply (decoded chunk by chunk under the size cap when it is encoded), release the
+connection and the slot, and return plain bytes. Nothing here sleeps between attempts or decides
+anything: a slot is never held across a backoff, a reconcile grace or a poll interval.
 
-The call's deadline bounds the whole exchange: gate wait, connect, write, headers and body. The
-per-attempt timeouts (`Timeouts.connect`, `Timeouts.read`) are capped by the time left, and one
-deadline watcher (`_gate.DeadlineWatcher`, one periodic check rather than a timer per
-request) cuts a reply that keeps dripping bytes at the deadline plus `DEADLINE_SLACK` and at most
-one tick, which `sock_read` alone never would: it only bounds the gap between two bytes.
+The call's deadline bounds the whole exchange. The per-attempt timeouts (`Timeouts.connect`,
+`Timeouts.read`) are capped by the time left, and one watcher per client (`_gate.DeadlineWatcher`,
+a periodic check rather than a timer per request) cuts a reply that keeps dripping bytes at the
+deadline plus `DEADLINE_SLACK` and at most one tick, which `sock_read` alone never would.
 
-The size cap counts decoded bytes. aiohttp's own decompression is switched off for every request
-(`auto_decompress=False`, also on a caller's session); `_inflate` decodes gzip and deflate with a
-bound on each step's output, so a compression bomb costs at most the cap. Over the cap the
-connection is closed, never returned to the pool, and the decoder refuses the reply.
+The size cap counts decoded bytes. aiohttp's own decompression is off for every request (also on
+a caller's session); `_inflate` bounds each step's output, so a compression bomb costs at most the
+cap. Over the cap the connection is closed, never pooled, and the decoder refuses the reply. Idle
+pooled connections older than `Timeouts.keepalive` are closed instead of reused: a pay written
+on a socket the server is closing would come back ambiguous. The FIFO gate (`_gate.FifoGate`),
+sized like the connector, keeps aiohttp's own unfair queue of waiters from forming.
 
-Idle pooled connections older than `Timeouts.keepalive` are closed instead of reused: a server
-that closes idle connections would otherwise race a pay written on a socket it is closing, and
-that pay would come back ambiguous.
-
-A FIFO gate (`_gate.FifoGate`) sized like the connector stands in front of it, so aiohttp's own
-queue of waiters (which lets a releasing task take its connection straight back) never forms.
-
-Every aiohttp exception is mapped to the most specific public class: connect-phase failures are
-*not sent*; anything that can happen once the request may be written is *ambiguous*; an unknown
-error maps to the unsafe side. The aiohttp exception itself is never chained (its `request_info`
-holds the request headers, the signature among them): the cause is a `TransportCause` with its
-class name and redacted message, raised outside the `except` block so `__context__` is clear too.
+Every aiohttp exception maps to the most specific public class: connect-phase failures are *not
+sent*; anything once the request may be written is *ambiguous*; an unknown error maps to the
+unsafe side. The aiohttp exception is never chained (its `request_info` holds the signature): the
+cause is a `TransportCause` (class name, redacted message), raised outside the `except` block.
 """
 
 from __future__ import annotations
 
 import asyncio
+from asyncio import current_task
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -69,8 +63,7 @@ __all__ = [
     "transport_cause",
 ]
 
-#: Seconds the exchange may run past the call's deadline before its timer cuts it: the
-#: per-attempt timeouts (capped by the time left) fire first and keep their precise class.
+#: Seconds an exchange may outlive its call's deadline: the per-attempt timeouts fire first.
 DEADLINE_SLACK = 0.05
 #: Raw body bytes read beyond the decoded cap before a reply counts as too large.
 _INPUT_SLACK = 64 * 1024
@@ -129,8 +122,7 @@ def transport_cause(exc: BaseException) -> TransportCause:
         exc: The aiohttp (or timeout) exception.
 
     Returns:
-        A `TransportCause` with the exception's class name and its message, redacted and
-        escaped; none of its attributes (`request_info`, headers, history) are kept.
+        Its class name and message, redacted and escaped; no attribute (`request_info`) kept.
     """
     kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return TransportCause(kind, printable(redact_text(str(exc))[:_DETAIL_CHARS]))
@@ -140,9 +132,8 @@ class Transport:
     """
     Sends `OutgoingRequest`s over one long-lived aiohttp session.
 
-    The session is created lazily inside the running loop. A caller-owned session is used as it
-    is and never closed; its connector's limit caps the gate. Its keep-alive setting is its own:
-    `Timeouts.keepalive` applies to the session the transport creates.
+    The session is created lazily inside the running loop. A caller's session is used as it is
+    (its keep-alive too) and never closed; its connector's limit caps the gate.
 
     Raises:
         ConfigurationError: *base_url* is not a valid http(s) URL (`_config.check_base_url`).
@@ -180,8 +171,7 @@ class Transport:
             sock_connect=timeouts.connect,
             sock_read=timeouts.read,
         )
-        # A caller's session gets the header per request; the transport's own session has it
-        # among its defaults, so the common path builds no extra dict.
+        # Only a caller's session needs the header per request: the own session has it built in.
         self._extra_headers: dict[str, str] | None = (
             {"Accept-Encoding": accept_encoding} if session is not None else None
         )
@@ -196,13 +186,12 @@ class Transport:
         """Whether a session exists and is not closed."""
         return self._session is not None and not self._session.closed
 
-    def open(self) -> None:
-        """Create the session if needed; must run inside the loop that will use it."""
+    def open(self) -> aiohttp.ClientSession:
+        """Create the session if needed (inside the loop that will use it) and return it."""
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self.gate.size,
-                # An idle socket older than this is closed, not reused: it may be one the
-                # server is closing, and a pay written on it would come back ambiguous.
+                # Not reused when older: the server may be closing it under a pay written on it.
                 keepalive_timeout=self._timeouts.keepalive,
             )
             self._session = aiohttp.ClientSession(
@@ -213,6 +202,7 @@ class Transport:
                 },
                 auto_decompress=False,
             )
+        return self._session
 
     async def close(self) -> None:
         """Close the session if this transport owns it."""
@@ -250,77 +240,103 @@ class Transport:
             PoolTimeout: No gate slot in time, or no time left at all (not sent).
             ConnectTimeout: No connection in time (not sent).
             ConnectError: The connection failed (not sent).
-            ReadTimeout: No complete reply in time once written, or the deadline passed
-                (ambiguous).
+            ReadTimeout: No complete reply in time once written (ambiguous).
             ConnectionLost: The connection broke once the request may have been written.
             DecodeError: The reply's Content-Encoding is unsupported, corrupt or truncated.
             ConfigurationError: The URL is invalid.
         """
-        session = self._session
-        if session is None:
-            self.open()
-            session = self._session
-            assert session is not None  # noqa: S101 - open() just set it
-        operation = request.operation.value
+        session = self._session or self.open()
         gate = self.gate
-        if remaining <= 0:
-            raise PoolTimeout(
-                f"{operation}: the call's deadline passed before the request was sent; not sent",
-                operation=operation,
-            )
         # A free slot is taken at once: the pool timeout (a timer armed and cancelled) is only
         # paid by a caller that really waits.
-        if not gate.try_acquire():
-            await self._wait_for_slot(operation, remaining)
+        if remaining <= 0 or not gate.try_acquire():
+            await self._wait_for_slot(request, remaining)
         if session.closed:
             # Closed while this request waited for a slot: it was never written.
             gate.release()
-            raise ClientClosedError(
-                f"{operation}: the client was closed before this request was sent; not sent",
-                operation=operation,
+            raise _not_sent(
+                request, ClientClosedError, "the client was closed before this request was sent"
             )
-        try:
-            return await self._watched(session, request, remaining)
-        finally:
-            gate.release()
-
-    async def _watched(
-        self, session: aiohttp.ClientSession, request: OutgoingRequest, remaining: float
-    ) -> RawResponse:
-        """Run the exchange under the deadline watcher; map what it raises."""
-        operation = request.operation.value
+        # One coroutine for the whole exchange: a layer more is an object more per call in flight.
         deadlines = self._deadlines
-        task = asyncio.current_task()
+        task = current_task()
         assert task is not None  # noqa: S101 - send() always runs in a task
         deadlines.watch(task, remaining + DEADLINE_SLACK)
-        cause: TransportCause | None = None
-        error: FreedomPayError | None = None
         try:
-            return await self._exchange(session, request, remaining)
-        except asyncio.CancelledError:
-            # The deadline's own cancellation becomes a timeout; anyone else's propagates.
-            if not deadlines.release(task) or task.uncancel() > 0:
+            async with self._post(session, request, remaining) as response:
+                try:
+                    length = response.content_length
+                    if (
+                        length is not None
+                        and length <= self._max_bytes
+                        and "Content-Encoding" not in response.headers
+                    ):
+                        body = await response.read()  # the common reply: plain and small
+                    else:
+                        body = await self._read_decoded(response)
+                except InflateError as exc:
+                    response.close()  # a reply not read to its end never goes back to the pool
+                    raise _refused(request, response, exc) from exc
+                except BaseException:
+                    response.close()
+                    raise
+                return RawResponse(
+                    status=response.status,
+                    headers=response.headers,
+                    body=body,
+                    sensitive=request.sensitive,
+                )
+        except (asyncio.CancelledError, aiohttp.ClientError, TimeoutError) as exc:
+            failure = self._failure(task, exc, request.operation.value)
+            if failure is None:
                 raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            cause = transport_cause(exc)
-            if not deadlines.release(task):
-                # Raised below, outside the except block: the aiohttp exception is not even
-                # __context__.
-                error = map_client_error(exc, operation)
-            elif task.uncancel() > 0:
-                raise asyncio.CancelledError from None
         finally:
             if deadlines.release(task):
                 task.uncancel()
-        if error is not None:
-            raise error from cause
-        raise ReadTimeout(
-            f"{operation}: the call's deadline passed before the reply was complete; "
-            "the request may have been processed",
-            operation=operation,
-        ) from cause
+            gate.release()
+        # Raised here, outside the except block: the aiohttp exception is not even __context__.
+        error, cause = failure
+        raise error from cause
 
-    async def _wait_for_slot(self, operation: str, remaining: float) -> None:
+    def _failure(
+        self, task: asyncio.Task[object], exc: BaseException, operation: str
+    ) -> tuple[BaseException, TransportCause | None] | None:
+        """The error to end with (the deadline's cancellation: `ReadTimeout`), or None: re-raise."""
+        by_deadline = self._deadlines.release(task)
+        if isinstance(exc, asyncio.CancelledError):
+            if not by_deadline or task.uncancel() > 0:
+                return None
+            return _deadline_passed(operation), None
+        cause = transport_cause(exc)
+        if not by_deadline:
+            return map_client_error(exc, operation), cause
+        if task.uncancel() > 0:
+            return asyncio.CancelledError(), None  # cancelled by someone else as well
+        return _deadline_passed(operation), cause
+
+    def _post(
+        self, session: aiohttp.ClientSession, request: OutgoingRequest, remaining: float
+    ) -> aiohttp.client._RequestContextManager:
+        headers = request.headers
+        if self._extra_headers is not None:
+            headers = {**headers, **self._extra_headers}
+        url = self._urls.get(request.operation)
+        if url is None:
+            url = self._base.with_path(self._base.path.rstrip("/") + request.path)
+        return session.post(
+            url,
+            data=request.body,
+            headers=headers,
+            timeout=self._timeout_for(remaining),
+            allow_redirects=False,
+            auto_decompress=False,
+        )
+
+    async def _wait_for_slot(self, request: OutgoingRequest, remaining: float) -> None:
+        if remaining <= 0:
+            raise _not_sent(
+                request, PoolTimeout, "the call's deadline passed before the request was sent"
+            )
         timed_out = False
         try:
             async with asyncio.timeout(min(self._timeouts.pool, remaining)):
@@ -328,62 +344,22 @@ class Transport:
         except TimeoutError:
             timed_out = True
         if timed_out:
-            raise PoolTimeout(
-                f"{operation}: no connection slot free within the pool timeout; not sent",
-                operation=operation,
-            )
-
-    async def _exchange(
-        self, session: aiohttp.ClientSession, request: OutgoingRequest, remaining: float
-    ) -> RawResponse:
-        headers = request.headers
-        if self._extra_headers is not None:
-            headers = {**headers, **self._extra_headers}
-        url = self._urls.get(request.operation)
-        if url is None:
-            url = self._base.with_path(self._base.path.rstrip("/") + request.path)
-        async with session.post(
-            url,
-            data=request.body,
-            headers=headers,
-            timeout=self._timeout_for(remaining),
-            allow_redirects=False,
-            auto_decompress=False,
-        ) as response:
-            try:
-                body = await self._read_decoded(response)
-            except InflateError as exc:
-                response.close()  # a reply not read to its end never goes back to the pool
-                raise DecodeError(
-                    f"{request.operation.value} reply refused: {exc}",
-                    operation=request.operation.value,
-                    status_code=response.status,
-                    headers=response.headers,
-                    redact=request.sensitive,
-                ) from exc
-            except BaseException:
-                response.close()
-                raise
-            return RawResponse(
-                status=response.status,
-                headers=response.headers,
-                body=body,
-                sensitive=request.sensitive,
-            )
+            raise _not_sent(request, PoolTimeout, "no connection slot free within the pool timeout")
 
     async def _read_decoded(self, response: aiohttp.ClientResponse) -> bytes:
         """
-        Read and decode the body chunk by chunk, at most the cap plus one decoded byte.
+        Read and decode a body that is encoded, of unknown length or longer than the cap.
+
+        At most the cap plus one decoded byte is kept.
 
         Raises:
             InflateError: The encoding is unsupported, or the data corrupt or truncated.
         """
         cap = self._max_bytes
-        encoding = response.headers.get("Content-Encoding")
         length = response.content_length
-        if encoding is None and length is not None and length <= cap:
-            return await response.read()  # the common reply: not encoded, its length small
-        inflater = Inflater(encoding, cap=cap, max_input=cap + _INPUT_SLACK)
+        inflater = Inflater(
+            response.headers.get("Content-Encoding"), cap=cap, max_input=cap + _INPUT_SLACK
+        )
         if inflater.encoding == "identity" and length is not None and length <= cap:
             return await response.read()
         content = response.content
@@ -395,3 +371,30 @@ class Transport:
                 response.close()  # the rest is never read: this socket is not pooled
                 break
         return inflater.finish()
+
+
+def _not_sent(
+    request: OutgoingRequest, cls: type[PoolTimeout | ClientClosedError], why: str
+) -> FreedomPayError:
+    operation = request.operation.value
+    return cls(f"{operation}: {why}; not sent", operation=operation)
+
+
+def _refused(
+    request: OutgoingRequest, response: aiohttp.ClientResponse, exc: InflateError
+) -> DecodeError:
+    return DecodeError(
+        f"{request.operation.value} reply refused: {exc}",
+        operation=request.operation.value,
+        status_code=response.status,
+        headers=response.headers,
+        redact=request.sensitive,
+    )
+
+
+def _deadline_passed(operation: str) -> ReadTimeout:
+    return ReadTimeout(
+        f"{operation}: the call's deadline passed before the reply was complete; "
+        "the request may have been processed",
+        operation=operation,
+    )

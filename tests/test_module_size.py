@@ -13,7 +13,6 @@ LIMIT = 400
 # The goal is an empty table: a module leaves it once it is split to 400 lines or fewer.
 OVER_LIMIT: dict[str, tuple[int, str]] = {
     "_call.py": (597, "the money state machine: phases, reconcile table and resend rules"),
-    "_client.py": (769, "the client: lifecycle and every operation's method, no op table yet"),
 }
 
 

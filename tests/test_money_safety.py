@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from rawgate import RawGateway, raw_status, xml
 
@@ -28,7 +29,6 @@ from freedompay_async import (
     RetryPolicy,
     Timeouts,
 )
-from freedompay_async._transport import Transport
 
 QUICK_POLL = PollPolicy(interval=0.01, factor=1.0, max_interval=0.01, timeout=30.0)
 QUICK_RETRY = RetryPolicy(attempts=4, deadline=20.0, reconcile_grace=0.01)
@@ -131,14 +131,14 @@ async def test_memory_error_reading_a_pay_reply_keeps_the_customer_in_doubt(
     monkeypatch: pytest.MonkeyPatch, raw_client: Callable[..., FreedomPayClient]
 ) -> None:
     """A MemoryError while reading a charged pay's reply reconciles; it never releases the claim."""
-    original = Transport._read_decoded
+    original = aiohttp.ClientResponse.read
 
-    async def inflate(self: Transport, response: Any) -> bytes:
-        if response.url.path.endswith("/pay"):
+    async def read(self: aiohttp.ClientResponse) -> bytes:
+        if self.url.path.endswith("/pay"):
             raise MemoryError
-        return await original(self, response)
+        return await original(self)
 
-    monkeypatch.setattr(Transport, "_read_decoded", inflate)
+    monkeypatch.setattr(aiohttp.ClientResponse, "read", read)
     async with (
         RawGateway(on_pay=lambda _c: xml("ok"), on_status=lambda _c: xml("new")) as gateway,
         raw_client(gateway) as client,
