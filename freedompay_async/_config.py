@@ -111,7 +111,8 @@ class Timeouts:
 
     Args:
         connect: Time to establish a TCP (and TLS) connection.
-        read: Time between bytes of the reply once the request is written (aiohttp's `sock_read`).
+        read: Time an attempt may take, from its start to the end of the reply (checked
+            every 0.1 s); a read timeout of a pay is ambiguous.
         pool: Time to wait for a free slot of the client's concurrency gate.
         keepalive: How long an idle pooled connection may wait to be reused; an older one is
             closed and a new connection is made. Keep it below the gateway's (or its proxy's)

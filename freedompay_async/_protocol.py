@@ -59,6 +59,10 @@ class Operation(enum.Enum):
         return self is Operation.PAY
 
 
+# Read on every request: the enum's `path` property would format it each time.
+_PATHS = {operation: operation.path for operation in Operation}
+
+
 @attrs.frozen(kw_only=True)
 class OutgoingRequest:
     """
@@ -103,15 +107,17 @@ class RawResponse:
 
 
 _BOUNDARY_BASE = "freedompay-async-8f1c62a0b4e7"
-_CONTEXT_FIELDS = ("customer", "order_id", "invoice_id")
+_CONTEXT_FIELDS = frozenset({"customer", "order_id", "invoice_id"})
 _SENSITIVE_FIELDS = frozenset({"card_token"})
 
 
 def _boundary(values: Sequence[str]) -> str:
     """Return a boundary that occurs in no value (RFC 7578 §4.1)."""
+    # A boundary holds no line break, so one found in the joined text is inside one value.
+    joined = "\n".join(values)
     boundary = _BOUNDARY_BASE
-    while any(boundary in value for value in values):
-        boundary = hashlib.sha256((boundary + "".join(values)).encode()).hexdigest()[:40]
+    while boundary in joined:
+        boundary = hashlib.sha256((boundary + joined).encode()).hexdigest()[:40]
     return boundary
 
 
@@ -126,12 +132,14 @@ def encode_multipart(fields: Sequence[tuple[str, str]]) -> tuple[bytes, str]:
         The body bytes and the Content-Type header value (with its boundary).
     """
     boundary = _boundary([value for _, value in fields])
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        for name, value in fields
-    ]
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="'
+    parts = [f'{head}{name}"\r\n\r\n{value}\r\n' for name, value in fields]
     parts.append(f"--{boundary}--\r\n")
     return "".join(parts).encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _text(value: str | int | Decimal) -> str:
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
 
 
 def _json_value(name: str, value: str | int | Decimal) -> str | int | Decimal:
@@ -172,15 +180,15 @@ def build_request(
         content_type = "application/json"
     else:
         text_fields = [
-            (name, format(value, "f") if isinstance(value, Decimal) else str(value))
-            for name, value in fields
+            (name, value if value.__class__ is str else _text(value)) for name, value in fields
         ]
         payload = jws_payload(text_fields)
         body, content_type = encode_multipart(text_fields)
+    path = _PATHS[operation]
     signature = jws_detached(
         payload,
         secret_key=credentials.secret_key,
-        path=operation.path,
+        path=path,
         merchant_id=credentials.merchant_id,
         header_key=wire.jws_header_key,
     )
@@ -189,13 +197,18 @@ def build_request(
         "Accept": "application/xml",
         "X-JWS-Signature": signature,
     }
-    context = {name: printable(value) for name, value in fields if name in _CONTEXT_FIELDS}
-    sensitive = (signature, *(str(value) for name, value in fields if name in _SENSITIVE_FIELDS))
+    context: dict[str, str] = {}
+    sensitive = [signature]
+    for name, value in fields:
+        if name in _CONTEXT_FIELDS:
+            context[name] = printable(value)
+        elif name in _SENSITIVE_FIELDS:
+            sensitive.append(str(value))
     return OutgoingRequest(
         operation=operation,
-        path=operation.path,
+        path=path,
         body=body,
         headers=headers,
         context=context,
-        sensitive=sensitive,
+        sensitive=tuple(sensitive),
     )

@@ -6,10 +6,10 @@ body, read the reply (decoded chunk by chunk under the size cap when it is encod
 connection and the slot, and return plain bytes. Nothing here sleeps between attempts or decides
 anything: a slot is never held across a backoff, a reconcile grace or a poll interval.
 
-The call's deadline bounds the whole exchange. The per-attempt timeouts (`Timeouts.connect`,
-`Timeouts.read`) are capped by the time left, and one watcher per client (`_gate.DeadlineWatcher`,
-a periodic check rather than a timer per request) cuts a reply that keeps dripping bytes at the
-deadline plus `DEADLINE_SLACK` and at most one tick, which `sock_read` alone never would.
+One watcher per client (`_gate.DeadlineWatcher`, a periodic check rather than timers per
+request) ends an exchange at `Timeouts.read` or the call's deadline, whichever is first, plus
+`DEADLINE_SLACK` and at most one tick: gate wait, connect, write, headers and a dripping body.
+aiohttp's `connect`/`sock_connect` (capped by the time left) bound a new connection.
 
 The size cap counts decoded bytes. aiohttp's own decompression is off for every request (also on
 a caller's session); `_inflate` bounds each step's output, so a compression bomb costs at most the
@@ -165,11 +165,9 @@ class Transport:
         self.gate = FifoGate(limit)
         self._deadlines = DeadlineWatcher()
         self._timeouts = timeouts
+        # No `sock_read`: the watcher bounds the reply (a timer per read would cost every request).
         self._default_timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=timeouts.connect,
-            sock_connect=timeouts.connect,
-            sock_read=timeouts.read,
+            total=None, connect=timeouts.connect, sock_connect=timeouts.connect
         )
         # Only a caller's session needs the header per request: the own session has it built in.
         self._extra_headers: dict[str, str] | None = (
@@ -210,17 +208,10 @@ class Transport:
             await self._session.close()
 
     def _timeout_for(self, remaining: float) -> aiohttp.ClientTimeout:
-        timeouts = self._timeouts
-        if remaining >= timeouts.read and remaining >= timeouts.connect:
+        if remaining >= self._timeouts.connect:
             return self._default_timeout
-        bound = max(remaining, 0.001)
-        connect = min(timeouts.connect, bound)
-        return aiohttp.ClientTimeout(
-            total=None,
-            connect=connect,
-            sock_connect=connect,
-            sock_read=min(timeouts.read, bound),
-        )
+        connect = max(remaining, 0.001)
+        return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
 
     async def send(self, request: OutgoingRequest, *, remaining: float) -> RawResponse:
         """
@@ -261,7 +252,8 @@ class Transport:
         deadlines = self._deadlines
         task = current_task()
         assert task is not None  # noqa: S101 - send() always runs in a task
-        deadlines.watch(task, remaining + DEADLINE_SLACK)
+        by_read = self._timeouts.read < remaining
+        deadlines.watch(task, (self._timeouts.read if by_read else remaining) + DEADLINE_SLACK)
         try:
             async with self._post(session, request, remaining) as response:
                 try:
@@ -287,7 +279,7 @@ class Transport:
                     sensitive=request.sensitive,
                 )
         except (asyncio.CancelledError, aiohttp.ClientError, TimeoutError) as exc:
-            failure = self._failure(task, exc, request.operation.value)
+            failure = self._failure(task, exc, request.operation.value, by_read=by_read)
             if failure is None:
                 raise
         finally:
@@ -299,20 +291,20 @@ class Transport:
         raise error from cause
 
     def _failure(
-        self, task: asyncio.Task[object], exc: BaseException, operation: str
+        self, task: asyncio.Task[object], exc: BaseException, operation: str, *, by_read: bool
     ) -> tuple[BaseException, TransportCause | None] | None:
         """The error to end with (the deadline's cancellation: `ReadTimeout`), or None: re-raise."""
         by_deadline = self._deadlines.release(task)
         if isinstance(exc, asyncio.CancelledError):
             if not by_deadline or task.uncancel() > 0:
                 return None
-            return _deadline_passed(operation), None
+            return _timed_out(operation, by_read=by_read), None
         cause = transport_cause(exc)
         if not by_deadline:
             return map_client_error(exc, operation), cause
         if task.uncancel() > 0:
             return asyncio.CancelledError(), None  # cancelled by someone else as well
-        return _deadline_passed(operation), cause
+        return _timed_out(operation, by_read=by_read), cause
 
     def _post(
         self, session: aiohttp.ClientSession, request: OutgoingRequest, remaining: float
@@ -392,7 +384,11 @@ def _refused(
     )
 
 
-def _deadline_passed(operation: str) -> ReadTimeout:
+def _timed_out(operation: str, *, by_read: bool) -> ReadTimeout:
+    if by_read:
+        return ReadTimeout(
+            f"{operation}: {_MESSAGES[ReadTimeout]} (Timeouts.read)", operation=operation
+        )
     return ReadTimeout(
         f"{operation}: the call's deadline passed before the reply was complete; "
         "the request may have been processed",

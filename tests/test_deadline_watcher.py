@@ -43,12 +43,12 @@ async def _silent_server() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-def _transport(base_url: str) -> Transport:
+def _transport(base_url: str, *, read: float = 30.0) -> Transport:
     return Transport(
         base_url=base_url,
         max_concurrency=2,
         max_response_bytes=1 << 20,
-        timeouts=Timeouts(connect=1.0, read=30.0, pool=1.0),
+        timeouts=Timeouts(connect=1.0, read=read, pool=1.0),
         session=None,
         user_agent="test",
     )
@@ -85,6 +85,57 @@ async def test_the_deadline_cuts_a_silent_exchange_as_a_read_timeout() -> None:
             task = asyncio.current_task()
             assert task is not None
             assert task.cancelling() == 0
+        finally:
+            await transport.close()
+
+
+@contextlib.asynccontextmanager
+async def _dripping_server(gap: float) -> AsyncIterator[str]:
+    """A server that answers its headers at once, then one body byte every *gap* seconds."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n")
+            writer.write(b"Content-Length: 100000\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100_000):
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(gap)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("server", ["silent", "dripping"])
+async def test_timeouts_read_bounds_the_whole_attempt(server: str) -> None:
+    """Timeouts.read ends an attempt that never answers, or drips its body, on time."""
+    make = _silent_server() if server == "silent" else _dripping_server(0.02)
+    async with make as url:
+        transport = _transport(url, read=0.3)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(ReadTimeout, match=r"Timeouts\.read"):
+                await transport.send(_request(), remaining=30.0)  # type: ignore[arg-type]
+            took = loop.time() - started
+            assert 0.3 <= took < 0.3 + 0.05 + 0.1 + 0.3
+            assert transport.gate.in_use == 0
         finally:
             await transport.close()
 

@@ -65,7 +65,7 @@ def jws_payload(fields: Iterable[tuple[str, str | int | Decimal]]) -> bytes:
     Raises:
         ValueError: A `Decimal` is not finite.
     """
-    body = ",".join(f"{_json_name(name)}:{_json_scalar(value)}" for name, value in fields)
+    body = ",".join([f"{_json_name(name)}:{_json_scalar(value)}" for name, value in fields])
     return ("{" + body + "}").encode()
 
 
