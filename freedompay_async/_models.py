@@ -103,7 +103,7 @@ def payment_state(payment: InvoicePayment) -> OutcomeState:
     Returns:
         `paid`, `failed` or `expired` for a terminal status, else `pending`.
     """
-    return STATE_BY_INVOICE_STATUS.get(payment.invoice_status.value, "pending")
+    return STATE_BY_INVOICE_STATUS.get(payment.invoice_status, "pending")
 
 
 @attrs.frozen(kw_only=True)

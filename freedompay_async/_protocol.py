@@ -48,6 +48,9 @@ class Operation(enum.Enum):
     STATUS = "status"
     INFO = "info"
 
+    # Members are singletons: hashing by identity keeps table lookups in C on every request.
+    __hash__ = object.__hash__
+
     @property
     def path(self) -> str:
         """The endpoint path, e.g. `/v5/merchant/invoice/pay`."""

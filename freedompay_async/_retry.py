@@ -93,6 +93,9 @@ class Outcome(enum.Enum):
     PENDING = "pending"
     SETTLED = "settled"
 
+    # Members are singletons: hashing by identity keeps table lookups in C on every attempt.
+    __hash__ = object.__hash__
+
 
 #: `RetryEvent.outcome`: the value of an `Outcome`.
 OutcomeName: TypeAlias = Literal[

@@ -135,6 +135,14 @@ def _fields(raw: RawResponse, op: Operation, max_bytes: int) -> dict[str, Any]:
     raise _error(raw, op, "<status> is neither ok nor error", "status")
 
 
+def _plain(children: dict[str, Any]) -> bool:
+    """Whether every child is one text or empty: no repeated tag, no nested element."""
+    for value in children.values():
+        if value is not None and value.__class__ is not str:
+            return False
+    return True
+
+
 def _gateway_error(children: dict[str, Any], raw: RawResponse, op: Operation) -> GatewayError:
     code = _int(children, "error_code", raw, op)
     description = _text(children, "error_description", raw, op)
@@ -312,6 +320,24 @@ def decode_payment(
         GatewayError: The reply says `status=error`.
     """
     children = _fields(raw, operation, max_bytes)
+    if _plain(children):
+        # The usual reply: every field a single text or empty, so only the conversions remain.
+        get = children.get
+        status_raw = get("invoice_status")
+        if status_raw is not None:
+            return InvoicePayment(
+                invoice_status=InvoiceStatus.parse(status_raw),
+                invoice_status_raw=status_raw,
+                order_id=get("order_id"),
+                invoice_id=_int(children, "invoice_id", raw, operation),
+                customer=customer,
+                amount=_amount(children, raw, operation),
+                currency=get("currency"),
+                card_pan=get("card_pan"),
+                error_code=_int(children, "error_code", raw, operation),
+                error_description=get("error_description"),
+                dt=_dt(children, raw, operation),
+            )
     return InvoicePayment(**_payment_fields(children, raw, operation, customer))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import hmac
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["jws_detached", "jws_header", "jws_payload", "number_text", "verify_jws_detached"]
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _dumps_str = json.JSONEncoder(ensure_ascii=False).encode
 # The C string encoder behind `_dumps_str`, without JSONEncoder.encode's Python-level dispatch.
 _encode_str = json.encoder.encode_basestring
@@ -23,7 +25,7 @@ _json_name = functools.lru_cache(maxsize=256)(_encode_str)
 
 
 def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _b64url_decode(text: str) -> bytes:
