@@ -23,7 +23,16 @@ ALLOWED: dict[str, set[str]] = {
         "_classic",
         "_classic_errors",
     },
-    "_call": {"_config", "_exceptions", "_models", "_protocol", "_retry", "settlement"},
+    "_call_core": {"_config", "_exceptions", "_retry"},
+    "_call": {
+        "_call_core",
+        "_config",
+        "_exceptions",
+        "_models",
+        "_protocol",
+        "_retry",
+        "settlement",
+    },
     "_guard": {"_exceptions", "_models", "facts"},
     "_events": {"_call", "_retry"},
     "_exceptions": {"_payment", "masking"},  # _payment: type-checking only
@@ -63,7 +72,7 @@ ALLOWED: dict[str, set[str]] = {
     "_breaker": set(),
     "_classic_errors": {"_exceptions"},
     "_classic_call": {
-        "_call",
+        "_call_core",
         "_classic_errors",
         "_classic_models",
         "_classic_outcome",

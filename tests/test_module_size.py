@@ -11,9 +11,7 @@ LIMIT = 400
 
 # Module (path inside the package) -> (lines it may hold at most, why it is still over the limit).
 # The goal is an empty table: a module leaves it once it is split to 400 lines or fewer.
-OVER_LIMIT: dict[str, tuple[int, str]] = {
-    "_call.py": (597, "the money state machine: phases, reconcile table and resend rules"),
-}
+OVER_LIMIT: dict[str, tuple[int, str]] = {}
 
 
 def _lines(path: Path) -> int:
