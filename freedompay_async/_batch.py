@@ -47,6 +47,7 @@ counts, retries, throughput and latency percentiles.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Final
@@ -260,11 +261,7 @@ def _holding(
             results.put_nowait(_TICK)
 
     hold.on_change = tick
-
-    async def pay(request: PayRequest) -> PayOutcome:
-        return await hold.pay(pay_one, request)
-
-    return pay
+    return functools.partial(hold.pay, pay_one)
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:

@@ -144,36 +144,35 @@ class GatewayHold:
             return await pay_one(request)
         start = self._monotonic()
         attempts = 0
+        held = False
         last: PayOutcome | None = None
         while True:
             probe = False
             if self.waiting:
+                held = True
                 probe = await self._hold()
                 if not probe and self.down:
                     return self._gave_up(request, last, attempts, start)
-            outcome = await self._attempt(pay_one, request, probe=probe)
+            # The usual item is paid straight through: no layer, no copy of its outcome.
+            outcome = await (self._probe(pay_one, request) if probe else pay_one(request))
             attempts += outcome.attempts
             if self._hold_again(outcome, probe=probe):
                 last = outcome
                 continue
+            if not held and last is None:
+                return outcome
             return self._merged(outcome, attempts, start)
 
-    async def _attempt(
-        self,
-        pay_one: Callable[[PayRequest], Awaitable[PayOutcome]],
-        request: PayRequest,
-        *,
-        probe: bool,
+    async def _probe(
+        self, pay_one: Callable[[PayRequest], Awaitable[PayOutcome]], request: PayRequest
     ) -> PayOutcome:
         try:
             outcome = await pay_one(request)
         except BaseException:
-            if probe:
-                self._probing = False
-                self._notify()
-            raise
-        if probe:
             self._probing = False
+            self._notify()
+            raise
+        self._probing = False  # `_hold_again` tells the waiters what the probe found
         return outcome
 
     def _hold_again(self, outcome: PayOutcome, *, probe: bool) -> bool:
