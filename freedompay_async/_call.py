@@ -156,16 +156,8 @@ class Call(CallCore):
         budget: RetryBudget | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        super().__init__(
-            operation,
-            moves_money=operation is Operation.PAY,
-            policy=policy,
-            now=now,
-            rng=rng,
-            context=context,
-            budget=budget,
-            breaker=breaker,
-        )
+        is_pay = operation is Operation.PAY
+        super().__init__(operation, is_pay, policy, now, rng, context, budget, breaker)
         self.poll = poll
         self.wait = wait and poll is not None
         self._failed_reads = 0

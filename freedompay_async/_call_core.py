@@ -154,10 +154,9 @@ class CallCore:
     operation: enum.Enum
     _cause: FreedomPayError | None
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional: a subclass builds one per call
         self,
         operation: enum.Enum,
-        *,
         moves_money: bool,
         policy: RetryPolicy,
         now: float,
@@ -165,6 +164,7 @@ class CallCore:
         context: Mapping[str, str],
         budget: RetryBudget | None,
         breaker: CircuitBreaker | None,
+        /,
     ) -> None:
         self.operation = operation
         self.moves_money = moves_money
@@ -284,14 +284,15 @@ class CallCore:
     # -- the shared rules --------------------------------------------------------------------
 
     def _start_send(self, now: float) -> None:
-        op = self.operation.value
         if self.breaker is not None and not self.resent and not self.breaker.allow(now):
+            op = self.operation.value
             why = "circuit breaker open after repeated failures"
             self._fail(CircuitOpenError(f"{op}: {why}; not sent", operation=op), Outcome.LOCAL)
             return
         if now >= self._send_deadline:
             # The deadline passed before this attempt could start (a busy loop, a slow guard or
             # sleep): it is never sent.
+            op = self.operation.value
             why = "the call's deadline passed before this attempt was sent"
             self._fail(PoolTimeout(f"{op}: {why}; not sent", operation=op), Outcome.NOT_SENT)
             return

@@ -71,16 +71,8 @@ class ClassicCall(CallCore):
         budget: RetryBudget | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        super().__init__(
-            operation,
-            moves_money=operation.moves_money,
-            policy=policy,
-            now=now,
-            rng=rng,
-            context=context,
-            budget=budget,
-            breaker=breaker,
-        )
+        moves_money = operation.moves_money
+        super().__init__(operation, moves_money, policy, now, rng, context, budget, breaker)
         self.amount = amount
         self.before = before
         self.settle = settle or SettlePolicy()
