@@ -51,7 +51,8 @@ class RetryBudget:
 
     def refund(self) -> None:
         """Give back one token after a successful attempt."""
-        self.tokens = min(self.capacity, self.tokens + 1)
+        if self.tokens < self.capacity:
+            self.tokens += 1
 
 
 class BreakerState(enum.Enum):

@@ -194,6 +194,9 @@ class Transport:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # A signed, stateless API: a gateway's (or proxy's) cookies are neither kept nor
+                # sent, so none can pile up in memory, and no request pays for a cookie filter.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 headers={
                     "User-Agent": self._user_agent,
                     "Accept-Encoding": self._accept_encoding,

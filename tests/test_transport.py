@@ -143,7 +143,8 @@ def _request(operation: Operation = Operation.STATUS) -> object:
 @pytest.fixture
 async def raw_server() -> AsyncIterator[tuple[str, dict[str, object]]]:
     """A tiny aiohttp server whose behaviour a test sets through a dict."""
-    behaviour: dict[str, object] = {"mode": "ok"}
+    cookies_seen: list[str | None] = []
+    behaviour: dict[str, object] = {"mode": "ok", "cookies_seen": cookies_seen}
     released = asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -164,9 +165,13 @@ async def raw_server() -> AsyncIterator[tuple[str, dict[str, object]]]:
                 await response.write(b"x" * 1024)
             await response.write_eof()
             return response
-        return web.Response(
+        cookies_seen.append(request.headers.get("Cookie"))
+        response = web.Response(
             body=b"<root><status>ok</status></root>", content_type="application/xml"
         )
+        if mode == "cookie":
+            response.set_cookie("lb", "sticky-1")
+        return response
 
     app = web.Application()
     app.router.add_post("/v5/merchant/invoice/{op}", handler)
@@ -204,6 +209,21 @@ async def test_reply_is_read_and_the_slot_released(
         assert raw.body == b"<root><status>ok</status></root>"
         assert raw.headers["content-type"].startswith("application/xml")
         assert transport.gate.in_use == 0
+    finally:
+        await transport.close()
+
+
+async def test_a_gateways_cookies_are_neither_kept_nor_sent(
+    raw_server: tuple[str, dict[str, object]],
+) -> None:
+    """A Set-Cookie reply leaves the client's own session without cookies for the next request."""
+    raw_server[1]["mode"] = "cookie"
+    transport = _transport(raw_server[0])
+    try:
+        for _ in range(2):
+            raw = await transport.send(_request(), remaining=5.0)  # type: ignore[arg-type]
+            assert "Set-Cookie" in raw.headers
+        assert raw_server[1]["cookies_seen"] == [None, None]
     finally:
         await transport.close()
 

@@ -66,6 +66,9 @@ __all__ = [
     "decode_payment",
 ]
 
+#: The most digits `_INT` accepts.
+_MAX_DIGITS = 30
+
 # ---------------------------------------------------------------------------------------------
 # decode_*: one reply to one model
 
@@ -174,7 +177,10 @@ def _int(children: dict[str, Any], tag: str, raw: RawResponse, op: Operation) ->
     text = _text(children, tag, raw, op)
     if text is None:
         return None
-    if _INT.fullmatch(text) is None:
+    # Plain ASCII digits, the usual id, are checked without the regular expression.
+    if not (text.isdigit() and text.isascii() and len(text) <= _MAX_DIGITS) and (
+        _INT.fullmatch(text) is None
+    ):
         raise _error(raw, op, f"<{tag}> is not an integer", tag)
     return int(text)
 
