@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -14,10 +14,12 @@ from freedompay_async._gate import DeadlineWatcher
 from freedompay_async._protocol import Operation, build_request
 from freedompay_async._transport import Transport
 
+Talk = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
 
 @contextlib.asynccontextmanager
-async def _silent_server() -> AsyncIterator[str]:
-    """A server that reads requests and never answers (the exchange hangs until cut)."""
+async def _serve(talk: Talk) -> AsyncIterator[str]:
+    """A loopback server running *talk* per connection; every handler is cancelled at the end."""
     handlers: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -26,8 +28,7 @@ async def _silent_server() -> AsyncIterator[str]:
         handlers.add(task)
         try:
             with contextlib.suppress(ConnectionError):
-                while await reader.read(4096):
-                    pass
+                await talk(reader, writer)
         finally:
             writer.close()
 
@@ -41,6 +42,31 @@ async def _silent_server() -> AsyncIterator[str]:
             task.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
+
+
+async def _never_answer(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+    while await reader.read(4096):
+        pass
+
+
+def _silent_server() -> contextlib.AbstractAsyncContextManager[str]:
+    """A server that reads requests and never answers (the exchange hangs until cut)."""
+    return _serve(_never_answer)
+
+
+def _dripping_server(gap: float) -> contextlib.AbstractAsyncContextManager[str]:
+    """A server that answers its headers at once, then one body byte every *gap* seconds."""
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n")
+        writer.write(b"Content-Length: 100000\r\n\r\n")
+        for _ in range(100_000):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(gap)
+
+    return _serve(drip)
 
 
 def _transport(base_url: str, *, read: float = 30.0) -> Transport:
@@ -87,39 +113,6 @@ async def test_the_deadline_cuts_a_silent_exchange_as_a_read_timeout() -> None:
             assert task.cancelling() == 0
         finally:
             await transport.close()
-
-
-@contextlib.asynccontextmanager
-async def _dripping_server(gap: float) -> AsyncIterator[str]:
-    """A server that answers its headers at once, then one body byte every *gap* seconds."""
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n")
-            writer.write(b"Content-Length: 100000\r\n\r\n")
-            with contextlib.suppress(ConnectionError):
-                for _ in range(100_000):
-                    writer.write(b" ")
-                    await writer.drain()
-                    await asyncio.sleep(gap)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await server.wait_closed()
 
 
 @pytest.mark.parametrize("server", ["silent", "dripping"])
