@@ -27,6 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from embed import latency_section
+
 HERE = Path(__file__).resolve().parent
 ROWS = ("naive", "raw", "sdk", "batch")
 ROW_TITLES = {
@@ -819,6 +821,8 @@ def _report(
         "## Profile",
         *_profile_tables(profiles),
         *_profile_notes(profiles),
+        "",
+        *latency_section(HERE / "RESULTS-latency.md"),
         "",
     ]
     return "\n".join(lines)
