@@ -6,10 +6,11 @@ about attempts, resends, the deadline, reconcile, polling and what the money is 
 lives in the pure `_call.Call`; `_drive` asks it for the next step, performs it (send through
 the transport and decode, sleep, return, raise) and reports back.
 
-A pay is driven with `claim=True`: the duplicate guard is asked before the first byte and told
-how the pay ended (`Call.guard_state`) whatever ends the loop, cancellation included. The loop
-is written for the thousands of calls a batch holds in flight: one coroutine per call, no
-closure, the decoder a function shared by every call of the client.
+A pay's caller (`pay_invoice`, `pay_one`) asks the duplicate guard first
+(`refuse_unless_granted`) and tells it how the pay ended (`Call.guard_state`) in a `finally`,
+whatever ends the loop, cancellation included. The loop is written for the thousands of calls a
+batch holds in flight: one coroutine per call, no closure, the decoder a function shared by
+every call of the client.
 """
 
 from __future__ import annotations
@@ -123,24 +124,16 @@ class InvoiceDriver:
         """Check, build and sign one request (`ConfigurationError` names a bad field)."""
         return build_request(operation, fields, credentials=self._credentials, wire=self._wire)
 
-    def _call(
-        self,
-        operation: Operation,
-        request: OutgoingRequest,
-        *,
-        policy: RetryPolicy | None,
-        wait: bool = True,
-        poll: PollPolicy | None = None,
+    def _read_call(
+        self, operation: Operation, request: OutgoingRequest, policy: RetryPolicy | None
     ) -> Call:
-        """The pure call of one request, its deadline counted from now."""
+        """The pure call of one read (init, status, info), its deadline counted from now."""
         return Call(
             operation,
             policy=policy or self._retry,
             now=self._clock.monotonic(),
             rng=self._rng,
             context=request.context,
-            wait=wait,
-            poll=(poll or self._poll) if operation is Operation.PAY else None,
             budget=self._budget,
             breaker=self._breaker,
         )
@@ -157,9 +150,8 @@ class InvoiceDriver:
         """Run a call that moves no money (init, status, info) under the resend rules."""
         request = self._request(operation, fields)
         self._ensure_open()
-        return await self._drive(
-            self._call(operation, request, policy=policy), request, decode, customer
-        )
+        call = self._read_call(operation, request, policy)
+        return await self._drive(call, request, decode, customer)
 
     def _status_request(self, customer: str | None) -> OutgoingRequest:
         """The status-by-customer request a pay call reconciles and polls with."""
