@@ -11,8 +11,6 @@ amount per client), checked against a status read taken before it is sent
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import secrets
 from typing import TYPE_CHECKING, cast
 
@@ -27,7 +25,8 @@ from freedompay_async._classic_call import ClassicCall
 from freedompay_async._classic_errors import DuplicateWriteError, WriteClaim
 from freedompay_async._classic_models import ClassicOperation, PaymentStatus
 from freedompay_async._classic_outcome import check_before
-from freedompay_async._events import emit, fmt_context
+from freedompay_async._driver import abandoned
+from freedompay_async._events import emit
 from freedompay_async._exceptions import ClientClosedError, ConnectionLost, FreedomPayError
 from freedompay_async._protocol import OutgoingRequest
 
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from freedompay_async._transport import Transport
 
 __all__ = ["ClassicDriver", "WriteGuard"]
-
-logger = logging.getLogger("freedompay_async")
 
 
 class WriteGuard:
@@ -204,16 +201,12 @@ class ClassicDriver:
                 else:
                     break
         except BaseException as exc:
-            if call.abandon(clock.monotonic()):
-                logger.warning(
-                    "%s %s with its outcome unknown: read payment_status before sending it "
-                    "again %s",
-                    call.operation.value,
-                    "cancelled"
-                    if isinstance(exc, asyncio.CancelledError)
-                    else f"interrupted by {type(exc).__name__}",
-                    fmt_context(call.context),
-                )
+            abandoned(
+                call,
+                exc,
+                clock.monotonic(),
+                advice="read payment_status before sending it again",
+            )
             raise
         if call.notes:
             emit(cast("Call", call), on_retry=self._on_retry, on_giveup=self._on_giveup)

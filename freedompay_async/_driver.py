@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Callable
 
+    from freedompay_async._call_core import CallCore
     from freedompay_async._config import Clock, PollPolicy, RetryPolicy, _Credentials, _WireOptions
     from freedompay_async._guard import PayGuard, RateLimiter
     from freedompay_async._models import InvoicePayment, PayClaim
@@ -202,7 +203,9 @@ class InvoiceDriver:
                 else:
                     break
         except BaseException as exc:
-            _abandoned(call, exc, clock.monotonic())
+            abandoned(
+                call, exc, clock.monotonic(), advice="check invoice_status before paying again"
+            )
             raise
         assert call.error is not None  # noqa: S101 - FAIL always carries its error
         raise call.error
@@ -259,14 +262,24 @@ def refuse_unless_granted(claim: PayClaim, customer: str) -> None:
         )
 
 
-def _abandoned(call: Call, exc: BaseException, now: float) -> None:
-    """Tell the call its driver stopped; a pay that may have landed logs "outcome unknown"."""
+def abandoned(call: CallCore, exc: BaseException, now: float, *, advice: str) -> None:
+    """
+    Tell the call its driver stopped; a write that may have landed logs "outcome unknown".
+
+    Args:
+        call: The call whose driver is leaving (cancelled or interrupted by *exc*).
+        exc: What stopped the driver.
+        now: The monotonic time.
+        advice: What the caller must check before sending the write again.
+    """
     if call.abandon(now):
         logger.warning(
-            "pay %s with its outcome unknown: check invoice_status before paying again %s",
+            "%s %s with its outcome unknown: %s %s",
+            call.operation.value,
             "cancelled"
             if isinstance(exc, asyncio.CancelledError)
             else f"interrupted by {type(exc).__name__}",
+            advice,
             fmt_context(call.context),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Self
@@ -187,8 +188,11 @@ async def test_a_status_that_lags_past_every_read_is_reported_not_resent() -> No
     assert gate.requests["/get_status3.php"] == 1 + 3  # the read before, then three reads
 
 
-async def test_a_refund_cancelled_in_flight_is_never_sent_again() -> None:
-    """Cancelled while the refund is in flight: the claim stays ambiguous; a repeat is refused."""
+async def test_a_refund_cancelled_in_flight_is_never_sent_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cancelled in flight: the claim stays ambiguous, a repeat is refused, a warning says why."""
+    caplog.set_level(logging.WARNING, logger="freedompay_async")
     async with RefundGate(lambda _n: None) as gate, _client(gate) as client:
         task = asyncio.create_task(client.refund_payment(payment_id=PID, amount=Decimal(30)))
         await gate.arrived["/revoke.php"].wait()
@@ -200,10 +204,18 @@ async def test_a_refund_cancelled_in_flight_is_never_sent_again() -> None:
     assert caught.value.claim is not None
     assert caught.value.claim.state == "ambiguous"
     assert gate.requests["/revoke.php"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        m.startswith("refund cancelled with its outcome unknown: read payment_status")
+        for m in warnings
+    ), warnings
 
 
-async def test_a_refund_cancelled_before_it_was_sent_is_released() -> None:
-    """Cancelled during the status read before it: nothing was sent, so the claim is released."""
+async def test_a_refund_cancelled_before_it_was_sent_is_released(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cancelled during the status read before it: nothing was sent, the claim is released."""
+    caplog.set_level(logging.WARNING, logger="freedompay_async")
     async with RefundGate(lambda _n: _http(500, b"oops")) as gate, _client(gate) as client:
         gate.silent_reads = 1
         task = asyncio.create_task(client.refund_payment(payment_id=PID, amount=Decimal(30)))
@@ -215,3 +227,4 @@ async def test_a_refund_cancelled_before_it_was_sent_is_released() -> None:
         result = await client.refund_payment(payment_id=PID, amount=Decimal(30))
     assert result.refund_payment_id == 9000
     assert gate.requests["/revoke.php"] == 1
+    assert not any("outcome unknown" in r.getMessage() for r in caplog.records)

@@ -91,6 +91,7 @@ ALLOWED: dict[str, set[str]] = {
         "_classic_models",
         "_classic_outcome",
         "_config",
+        "_driver",
         "_events",
         "_exceptions",
         "_guard",
@@ -126,6 +127,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "_driver": {
         "_call",
+        "_call_core",
         "_config",
         "_decode",
         "_events",
