@@ -98,7 +98,8 @@ def test_an_unreachable_host_stops_early_and_names_it(tmp_path: Path) -> None:
         *("--base-url", f"http://127.0.0.1:{port}", "--concurrency", "2"),
     )
     assert result.returncode == 2, result.stderr
-    assert f"cannot reach 127.0.0.1:{port}: check --base-url" in result.stderr
+    assert f"cannot reach 127.0.0.1:{port}" in result.stderr
+    assert "check --base-url" in result.stderr
     rows_not_started = re.search(r"rows not started\s+(\d+)\n", result.stdout)
     assert rows_not_started is not None
     assert int(rows_not_started.group(1)) >= 40
@@ -338,3 +339,52 @@ def test_help_documents_every_exit_status() -> None:
         for code in ("0 ", "1 ", "2 ", "3 ", "130/143"):
             assert f"\n  {code}" in result.stdout, (argv, code)
     assert "/_emulator/faults" in run("emulate", "--help").stdout
+
+
+def test_outage_tolerance_zero_stops_a_refused_run_at_once(
+    emulate: dict[str, Any], tmp_path: Path
+) -> None:
+    """--outage-tolerance 0: pays refused with 503 stop the run early, resumable, none charged."""
+    base_url = emulate["base_url"]
+    source, _ = _batch(base_url, tmp_path, 60)
+    refuse = {"fault": {"kind": "http_status", "status": 503}, "operation": "pay", "times": 10_000}
+    admin(base_url, "POST", "faults", refuse)
+    out = tmp_path / "o.jsonl"
+    # With the default tolerance (300 s) the batch would hold its rows well past this timeout.
+    result = run(
+        *("pay-batch", str(source), "--out", str(out), "--base-url", base_url),
+        *("--concurrency", "2", "--no-status-check", "--outage-tolerance", "0", "--json"),
+        timeout=45,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["stopped"] == "systemic"
+    assert summary["failures"][0]["kind"] == "CircuitOpenError"
+    assert summary["not_started"] >= 20
+    assert "--outage-tolerance 0" in summary["resume_command"]
+    assert "or it refused every recent request" in result.stderr
+    stats = admin(base_url, "GET", "stats")
+    assert stats["committed_pays"] == 0
+    # The breaker opens after 20 refusals in a row; the two workers add at most one attempt each.
+    assert stats["by_operation"]["pay"] <= 20 + 2
+    assert "Traceback" not in result.stderr
+
+
+def test_outage_tolerance_is_checked_before_anything_is_sent(tmp_path: Path) -> None:
+    """A negative --outage-tolerance is refused with a usage error naming the option."""
+    source = tmp_path / "in.csv"
+    write_csv(source, ["c0"])
+    result = run(
+        "pay-batch",
+        str(source),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--outage-tolerance",
+        "-1",
+        "--base-url",
+        "http://127.0.0.1:9",
+    )
+    assert result.returncode == 2
+    assert "--outage-tolerance" in result.stderr
+    assert "must be between 0 and 86400, got -1" in result.stderr
+    assert not (tmp_path / "o.jsonl").exists()

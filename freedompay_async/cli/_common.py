@@ -153,8 +153,13 @@ def systemic_advice(error: FreedomPayError, args: argparse.Namespace) -> str | N
     if isinstance(error, GatewayError) and error.error_code in SYSTEMIC_CODES:
         template = SYSTEMIC_CODES[error.error_code]
         return template.format(var=args.secret_key_env, merchant=merchant)
-    if isinstance(error, ConnectError | ConnectTimeout | CircuitOpenError):
+    if isinstance(error, ConnectError | ConnectTimeout):
         return f"cannot reach {host}: check --base-url (or ${BASE_URL_ENV}) and the network"
+    if isinstance(error, CircuitOpenError):
+        return (
+            f"cannot reach {host}, or it refused every recent request: check --base-url "
+            f"(or ${BASE_URL_ENV}) and the network, or wait until the gateway is back"
+        )
     if isinstance(error, HTTPStatusError) and error.status_code in {401, 403, 404, 405}:
         return f"{host} answers HTTP {error.status_code}: check --base-url (or ${BASE_URL_ENV})"
     if isinstance(error, DecodeError | SignatureError):

@@ -172,6 +172,14 @@ def _pay_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="after a stop, how long pays in flight may finish (default: 10)",
     )
+    pay.add_argument(
+        "--outage-tolerance",
+        type=_number(float, 0, 86_400),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to hold the rows not yet sent while the gateway refuses every pay "
+        "(503, 429, no connection), then fail them as not sent (default: 300; 0: fail fast)",
+    )
     _output(pay)
     _connection(pay)
 

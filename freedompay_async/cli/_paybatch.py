@@ -95,7 +95,12 @@ async def _run(
 
     async def pay() -> None:
         async with contextlib.aclosing(
-            client.pay_invoices(feeder, concurrency=args.concurrency, on_progress=progress.batch)
+            client.pay_invoices(
+                feeder,
+                concurrency=args.concurrency,
+                on_progress=progress.batch,
+                outage_tolerance=args.outage_tolerance,
+            )
         ) as outcomes:
             async for outcome in outcomes:
                 row = outcome.request.key
