@@ -329,6 +329,13 @@ def test_config_reads_the_environment_and_hides_the_secret() -> None:
     settings = worker_settings(config, burst=True)
     assert settings["queue_name"] == "freedompay:queue"
     assert settings["burst"] is True
+    assert settings["poll_delay"] == 0.5
+    assert settings["handle_signals"] is True
+    for delay in (0, -1.0, float("inf"), float("nan"), True, "0.5"):
+        with pytest.raises(ConfigurationError, match="poll_delay"):
+            worker_settings(config, poll_delay=delay)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        worker_settings(config, max_tries=3)  # type: ignore[call-arg]
     assert settings["keep_result"] == 0
     assert WorkerSettings.functions[0].name == JOB_NAME
     assert WorkerSettings.keep_result == 0

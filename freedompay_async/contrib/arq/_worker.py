@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -10,6 +11,7 @@ from arq.connections import RedisSettings
 from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 
+from freedompay_async import ConfigurationError
 from freedompay_async.contrib.arq._config import (
     CONFIG_KEY,
     DEFAULT_QUEUE,
@@ -22,6 +24,7 @@ from freedompay_async.contrib.arq._config import (
     env_text,
 )
 from freedompay_async.contrib.arq._runtime import PayRuntime
+from freedompay_async.facts import is_number
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -123,19 +126,34 @@ def _job_function(timeout: float | None = None) -> Function:
     )
 
 
-def worker_settings(config: PayWorkerConfig | None = None, **overrides: object) -> dict[str, Any]:
+def worker_settings(
+    config: PayWorkerConfig | None = None,
+    *,
+    burst: bool = False,
+    poll_delay: float = 0.5,
+    handle_signals: bool = True,
+) -> dict[str, Any]:
     """
     Build arq worker settings for *config*: pass them to `arq.worker.Worker(**settings)`.
 
     Args:
         config: The configuration; `PayWorkerConfig.from_env()` by default.
-        **overrides: Other `Worker` arguments (`burst`, `poll_delay`, `handle_signals`...).
+        burst: Stop the worker once the queue is empty (arq's `burst`).
+        poll_delay: Seconds between two looks at the queue.
+        handle_signals: Let arq stop the worker gracefully on SIGINT and SIGTERM.
 
     Returns:
         Keyword arguments for `arq.worker.Worker`.
+
+    Raises:
+        ConfigurationError: `poll_delay` is not a positive finite number of seconds.
     """
+    if not is_number(poll_delay) or not 0 < poll_delay < math.inf:
+        raise ConfigurationError(
+            f"poll_delay must be a positive finite number of seconds, got {poll_delay!r}"
+        )
     cfg = config if config is not None else PayWorkerConfig.from_env()
-    settings: dict[str, Any] = {
+    return {
         "functions": [_job_function(cfg.job_timeout)],
         "on_startup": startup,
         "on_shutdown": shutdown,
@@ -145,9 +163,10 @@ def worker_settings(config: PayWorkerConfig | None = None, **overrides: object) 
         "job_timeout": cfg.job_timeout,
         "keep_result": 0,
         "ctx": {CONFIG_KEY: cfg},
+        "burst": bool(burst),
+        "poll_delay": float(poll_delay),
+        "handle_signals": bool(handle_signals),
     }
-    settings.update(overrides)
-    return settings
 
 
 class WorkerSettings:
