@@ -64,6 +64,7 @@ from freedompay_async._exceptions import (
     SignatureError,
     TransportError,
 )
+from freedompay_async._hold import never_sent
 from freedompay_async._models import (
     BatchProgress,
     InvoiceInfo,
@@ -144,4 +145,5 @@ __all__ = [
     "WriteClaim",
     "WriteRefusedError",
     "__version__",
+    "never_sent",
 ]

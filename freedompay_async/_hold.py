@@ -69,6 +69,9 @@ def never_sent(outcome: PayOutcome) -> bool:
     """
     Tell whether an outcome proves that its pay never reached the gateway.
 
+    Such a pay is safe to send again once the gateway answers: `pay_invoices` holds these during
+    an outage, and a job queue can run their jobs again later.
+
     Args:
         outcome: A pay's outcome.
 

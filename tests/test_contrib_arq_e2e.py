@@ -9,6 +9,7 @@ import contextlib
 import csv
 import importlib.util
 import json
+import logging
 import os
 import pickle
 import signal
@@ -250,6 +251,94 @@ async def test_an_unreadable_status_records_an_ambiguous_outcome(
     assert "GatewayError" in result["message"]
     assert emulator.charges(customer) == 0
     assert (await runtime.results.get(customer)) == result
+
+
+OUTAGE_CLIENT = {
+    **FAST_CLIENT,
+    "retry": RetryPolicy(
+        attempts=3, deadline=20.0, reconcile_grace=0.2, breaker_threshold=5, breaker_cooldown=0.3
+    ),
+}
+
+
+async def test_a_job_waits_out_an_outage_and_pays_once(
+    arq_redis, redis_url, emulator: FreedomPayEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pays refused with 503 past the breaker's threshold: the job tries again, pays once."""
+    caplog.set_level(logging.WARNING, logger="freedompay_async")
+    customer = emulator.create_invoice()
+    emulator.inject(Fault.http_status(503), operation="pay", times=8)
+    config = _config(emulator, redis_url, outage_tolerance=30.0, client_options=OUTAGE_CLIENT)
+    runtime = PayRuntime.open(arq_redis, config)
+    try:
+        result = await pay_invoice_job({RUNTIME_KEY: runtime}, customer, "u1", "card-secret-1")
+    finally:
+        await runtime.aclose()
+    assert (result["state"], result["error"]) == ("paid", None)
+    assert emulator.charges(customer) == 1
+    assert emulator.stats.by_operation["pay"] == 8 + 1
+    assert await runtime.results.get(customer) == result
+    assert any(
+        "refused it or cannot be reached (" in r.getMessage() and customer in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_a_job_records_the_outage_once_its_tolerance_is_over(
+    arq_redis, redis_url, emulator: FreedomPayEmulator
+) -> None:
+    """A gateway refusing every pay: the job stores the failure after its tolerance, no charge."""
+    customer = emulator.create_invoice()
+    emulator.inject(Fault.http_status(503), operation="pay", times=10_000)
+    config = _config(emulator, redis_url, outage_tolerance=1.5, client_options=OUTAGE_CLIENT)
+    runtime = PayRuntime.open(arq_redis, config)
+    start = time.monotonic()
+    try:
+        result = await pay_invoice_job({RUNTIME_KEY: runtime}, customer, "u1", "card-secret-1")
+    finally:
+        await runtime.aclose()
+    took = time.monotonic() - start
+    assert result["state"] == "error"
+    assert result["error"] in {"HTTPStatusError", "CircuitOpenError"}
+    assert emulator.charges(customer) == 0
+    assert await runtime.results.get(customer) == result
+    assert 1.5 <= took < 15
+    # Five refusals open the breaker; then at most one probe per cooldown until the end.
+    assert emulator.stats.by_operation["pay"] <= 5 + 1.5 / 0.3 + 3
+
+
+async def test_with_no_outage_tolerance_a_refused_pay_is_recorded_at_once(
+    arq_redis, redis_url, emulator: FreedomPayEmulator
+) -> None:
+    """outage_tolerance=0: one call's attempts, then the failure is stored."""
+    customer = emulator.create_invoice()
+    emulator.inject(Fault.http_status(503), operation="pay", times=10_000)
+    config = _config(emulator, redis_url, outage_tolerance=0, client_options=OUTAGE_CLIENT)
+    runtime = PayRuntime.open(arq_redis, config)
+    try:
+        result = await pay_invoice_job({RUNTIME_KEY: runtime}, customer, "u1", "card-secret-1")
+    finally:
+        await runtime.aclose()
+    assert (result["state"], result["error"]) == ("error", "HTTPStatusError")
+    assert emulator.stats.by_operation["pay"] == 3
+    assert await runtime.results.get(customer) == result
+
+
+def test_outage_tolerance_is_read_and_checked_against_the_job_timeout() -> None:
+    """FREEDOMPAY_OUTAGE_TOLERANCE is read; a tolerance not below job_timeout is refused."""
+    env = {"FREEDOMPAY_MERCHANT_ID": "42", "FREEDOMPAY_SECRET_KEY": "k"}
+    assert PayWorkerConfig.from_env(env).outage_tolerance == 300.0
+    short = {**env, "FREEDOMPAY_JOB_TIMEOUT": "10"}
+    assert PayWorkerConfig.from_env(short).outage_tolerance == 5.0
+    assert (
+        PayWorkerConfig.from_env({**env, "FREEDOMPAY_OUTAGE_TOLERANCE": "0"}).outage_tolerance == 0
+    )
+    with pytest.raises(ConfigurationError, match=r"outage_tolerance .* below job_timeout"):
+        PayWorkerConfig.from_env(
+            {**env, "FREEDOMPAY_OUTAGE_TOLERANCE": "900", "FREEDOMPAY_JOB_TIMEOUT": "900"}
+        )
+    with pytest.raises(ConfigurationError, match="outage_tolerance"):
+        PayWorkerConfig(merchant_id="42", secret_key="k", outage_tolerance=float("nan"))
 
 
 async def test_an_invalid_job_is_stored_as_an_error_without_a_request(

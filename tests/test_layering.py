@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "freedompay_async"
 ALLOWED: dict[str, set[str]] = {
     "__init__": {
         "_client",
+        "_hold",
         "_config",
         "_exceptions",
         "_models",

@@ -40,7 +40,12 @@ startup:
 | `FREEDOMPAY_JOB_TIMEOUT` | seconds one job may run | 900 |
 | `FREEDOMPAY_CLAIM_TTL` | seconds a dead worker's claim blocks its customer | 30 |
 | `FREEDOMPAY_NEW_PROVES_AFTER` | seconds after which `new` proves a pay never landed | unset |
+| `FREEDOMPAY_OUTAGE_TOLERANCE` | seconds a job waits out a gateway outage (0: none) | 300 (1) |
 | `FREEDOMPAY_NAMESPACE` | prefix of every guard, limiter and outcome key | `freedompay` |
+
+(1) Or half of `FREEDOMPAY_JOB_TIMEOUT` when that is shorter; it must stay below the job timeout.
+While the gateway refuses a pay or cannot be reached (503, 429, no connection, the breaker open),
+the job tries it again every second; nothing was sent, so nothing can be paid twice.
 
 Card tokens travel inside arq's job payload in Redis (as with any job argument) until the job
 ends: protect Redis like the card data it holds. They are wrapped in `MaskedToken`, so arq's log

@@ -93,6 +93,12 @@ def _required(_inst: object, attribute: attrs.Attribute[str], value: str) -> Non
         raise ConfigurationError(f"{attribute.name} must be a non-empty string")
 
 
+def _default_outage_tolerance(config: PayWorkerConfig) -> float:
+    """300 seconds, or half of `job_timeout` when that is shorter."""
+    timeout = config.job_timeout
+    return min(300.0, timeout / 2) if is_number(timeout) else 300.0
+
+
 @attrs.frozen(kw_only=True)
 class PayWorkerConfig:
     """
@@ -113,6 +119,10 @@ class PayWorkerConfig:
         new_proves_not_landed_after: Seconds after the last possible write of a pay in doubt
             after which a status of `new` proves it never landed (the guard's `SettlePolicy`);
             None (default): it never does, and such an invoice is stored as `ambiguous`.
+        outage_tolerance: Seconds a job waits out a gateway outage: a pay refused or not sent
+            (503, 429, no connection, the breaker open) is tried again, one second apart, until
+            it is answered or this time is over; 0 records the failure at once. It must stay
+            below `job_timeout`; by default 300, or half of `job_timeout` when that is shorter.
         namespace: The prefix of every guard, limiter and outcome key.
         client_options: More keyword arguments for `FreedomPayClient` (`timeouts`, `retry`...).
     """
@@ -128,8 +138,19 @@ class PayWorkerConfig:
     job_timeout: float = attrs.field(default=900.0, validator=_positive)
     claim_ttl: float = attrs.field(default=30.0, validator=_positive)
     new_proves_not_landed_after: float | None = None
+    outage_tolerance: float = attrs.field(
+        default=attrs.Factory(_default_outage_tolerance, takes_self=True),
+        validator=_non_negative,
+    )
     namespace: str = attrs.field(default="freedompay", validator=_required)
     client_options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if is_number(self.outage_tolerance) and self.outage_tolerance >= self.job_timeout:
+            raise ConfigurationError(
+                f"outage_tolerance ({self.outage_tolerance:g} s) must be below job_timeout "
+                f"({self.job_timeout:g} s): arq would cancel a job still waiting for the gateway"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PayWorkerConfig:
@@ -152,7 +173,7 @@ class PayWorkerConfig:
             raise ConfigurationError(
                 f"set {ENV_MERCHANT_ID} and {_ENV_SECRET_KEY} for the pay workers"
             )
-        return cls(
+        config = cls(
             merchant_id=merchant_id,
             secret_key=secret_key,
             base_url=env_text(env, "FREEDOMPAY_BASE_URL", DEFAULT_BASE_URL),
@@ -170,3 +191,7 @@ class PayWorkerConfig:
             ),
             namespace=env_text(env, "FREEDOMPAY_NAMESPACE", "freedompay"),
         )
+        if not env.get("FREEDOMPAY_OUTAGE_TOLERANCE", "").strip():
+            return config
+        tolerance = env_number(env, "FREEDOMPAY_OUTAGE_TOLERANCE", 0.0)
+        return attrs.evolve(config, outage_tolerance=tolerance)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ from freedompay_async import (
     PayClaim,
     PayOutcome,
     PayRequest,
+    never_sent,
 )
 from freedompay_async.contrib.arq._store import OutcomeStore, outcome_to_dict
 from freedompay_async.contrib.redis_guard import (
@@ -29,6 +32,11 @@ if TYPE_CHECKING:
     from freedompay_async.contrib.arq._config import PayWorkerConfig
 
 __all__ = ["PayRuntime"]
+
+logger = logging.getLogger("freedompay_async.contrib.arq")
+
+#: Seconds between two tries of a pay the gateway refused or never received, during an outage.
+OUTAGE_PAUSE = 1.0
 
 
 class _GrantLog:
@@ -67,6 +75,8 @@ class PayRuntime:
         results: Where outcomes are stored.
         rate_limiter: The shared limiter, or None.
         busy_retry: Seconds after which a job whose customer is claimed elsewhere runs again.
+        outage_tolerance: Seconds `pay` waits out a gateway outage, trying a pay that was
+            refused or never sent again every second; 0 (default) returns its failure at once.
     """
 
     def __init__(
@@ -77,6 +87,7 @@ class PayRuntime:
         results: OutcomeStore,
         rate_limiter: RedisRateLimiter | None = None,
         busy_retry: float = 30.0,
+        outage_tolerance: float = 0.0,
     ) -> None:
         self.client = client
         self.guard = guard
@@ -84,6 +95,7 @@ class PayRuntime:
         self.results = results
         self.rate_limiter = rate_limiter
         self.busy_retry = busy_retry
+        self.outage_tolerance = outage_tolerance
 
     def __repr__(self) -> str:
         return f"PayRuntime({self.client!r}, {self.guard!r}, {self.rate_limiter!r})"
@@ -136,6 +148,7 @@ class PayRuntime:
             results=results,
             rate_limiter=limiter,
             busy_retry=config.claim_ttl,
+            outage_tolerance=config.outage_tolerance,
         )
         runtime.grants = grants
         return runtime
@@ -171,7 +184,7 @@ class PayRuntime:
             )
         except ConfigurationError as exc:
             return await self._invalid(customer, user_id, key, exc)
-        outcome = await self.client.pay_one(request)
+        outcome = await self._pay_answered(request, start)
         granted = self.grants.granted.pop(customer, None) if self.grants is not None else None
         if isinstance(outcome.error, DuplicatePayError) and outcome.error.claim is not None:
             claim: PayClaim = outcome.error.claim
@@ -219,6 +232,28 @@ class PayRuntime:
             result = outcome_to_dict(settled, claim=claim.kind)
         await self.results.save(result)
         return result
+
+    async def _pay_answered(self, request: PayRequest, start: float) -> PayOutcome:
+        """Pay once; while the pay is refused or never sent, try again until `outage_tolerance`."""
+        waited = False
+        while True:
+            outcome = await self.client.pay_one(request)
+            remaining = self.outage_tolerance - (time.monotonic() - start)
+            if remaining <= 0 or not never_sent(outcome):
+                return outcome
+            if self.grants is not None:
+                # This try's claim is finished (nothing was sent); the next try claims anew.
+                self.grants.granted.pop(request.customer, None)
+            if not waited:
+                waited = True
+                logger.warning(
+                    "pay job for customer=%s: the gateway refused it or cannot be reached (%s); "
+                    "trying again for up to %gs",
+                    request.customer,
+                    type(outcome.error).__name__,
+                    remaining,
+                )
+            await asyncio.sleep(min(OUTAGE_PAUSE, remaining))
 
     async def _invalid(
         self, customer: object, user_id: object, key: object, error: ConfigurationError
