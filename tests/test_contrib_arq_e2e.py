@@ -261,23 +261,38 @@ OUTAGE_CLIENT = {
 }
 
 
-async def test_a_job_waits_out_an_outage_and_pays_once(
-    arq_redis, redis_url, emulator: FreedomPayEmulator, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Pays refused with 503 past the breaker's threshold: the job tries again, pays once."""
-    caplog.set_level(logging.WARNING, logger="freedompay_async")
+async def _job_against_refusals(
+    arq_redis: ArqRedis,
+    redis_url: str,
+    emulator: FreedomPayEmulator,
+    *,
+    refusals: int,
+    tolerance: float,
+) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """Run one pay job while the gateway answers its next *refusals* pays with 503."""
     customer = emulator.create_invoice()
-    emulator.inject(Fault.http_status(503), operation="pay", times=8)
-    config = _config(emulator, redis_url, outage_tolerance=30.0, client_options=OUTAGE_CLIENT)
+    emulator.inject(Fault.http_status(503), operation="pay", times=refusals)
+    config = _config(emulator, redis_url, outage_tolerance=tolerance, client_options=OUTAGE_CLIENT)
     runtime = PayRuntime.open(arq_redis, config)
     try:
         result = await pay_invoice_job({RUNTIME_KEY: runtime}, customer, "u1", "card-secret-1")
     finally:
         await runtime.aclose()
+    return customer, result, await runtime.results.get(customer)
+
+
+async def test_a_job_waits_out_an_outage_and_pays_once(
+    arq_redis, redis_url, emulator: FreedomPayEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pays refused with 503 past the breaker's threshold: the job tries again, pays once."""
+    caplog.set_level(logging.WARNING, logger="freedompay_async")
+    customer, result, stored = await _job_against_refusals(
+        arq_redis, redis_url, emulator, refusals=8, tolerance=30.0
+    )
     assert (result["state"], result["error"]) == ("paid", None)
     assert emulator.charges(customer) == 1
     assert emulator.stats.by_operation["pay"] == 8 + 1
-    assert await runtime.results.get(customer) == result
+    assert stored == result
     assert any(
         "refused it or cannot be reached (" in r.getMessage() and customer in r.getMessage()
         for r in caplog.records
@@ -288,20 +303,15 @@ async def test_a_job_records_the_outage_once_its_tolerance_is_over(
     arq_redis, redis_url, emulator: FreedomPayEmulator
 ) -> None:
     """A gateway refusing every pay: the job stores the failure after its tolerance, no charge."""
-    customer = emulator.create_invoice()
-    emulator.inject(Fault.http_status(503), operation="pay", times=10_000)
-    config = _config(emulator, redis_url, outage_tolerance=1.5, client_options=OUTAGE_CLIENT)
-    runtime = PayRuntime.open(arq_redis, config)
     start = time.monotonic()
-    try:
-        result = await pay_invoice_job({RUNTIME_KEY: runtime}, customer, "u1", "card-secret-1")
-    finally:
-        await runtime.aclose()
+    customer, result, stored = await _job_against_refusals(
+        arq_redis, redis_url, emulator, refusals=10_000, tolerance=1.5
+    )
     took = time.monotonic() - start
     assert result["state"] == "error"
     assert result["error"] in {"HTTPStatusError", "CircuitOpenError"}
     assert emulator.charges(customer) == 0
-    assert await runtime.results.get(customer) == result
+    assert stored == result
     assert 1.5 <= took < 15
     # Five refusals open the breaker; then at most one probe per cooldown until the end.
     assert emulator.stats.by_operation["pay"] <= 5 + 1.5 / 0.3 + 3
@@ -311,17 +321,12 @@ async def test_with_no_outage_tolerance_a_refused_pay_is_recorded_at_once(
     arq_redis, redis_url, emulator: FreedomPayEmulator
 ) -> None:
     """outage_tolerance=0: one call's attempts, then the failure is stored."""
-    customer = emulator.create_invoice()
-    emulator.inject(Fault.http_status(503), operation="pay", times=10_000)
-    config = _config(emulator, redis_url, outage_tolerance=0, client_options=OUTAGE_CLIENT)
-    runtime = PayRuntime.open(arq_redis, config)
-    try:
-        result = await pay_invoice_job({RUNTIME_KEY: runtime}, customer, "u1", "card-secret-1")
-    finally:
-        await runtime.aclose()
+    _, result, stored = await _job_against_refusals(
+        arq_redis, redis_url, emulator, refusals=10_000, tolerance=0
+    )
     assert (result["state"], result["error"]) == ("error", "HTTPStatusError")
     assert emulator.stats.by_operation["pay"] == 3
-    assert await runtime.results.get(customer) == result
+    assert stored == result
 
 
 def test_outage_tolerance_is_read_and_checked_against_the_job_timeout() -> None:
