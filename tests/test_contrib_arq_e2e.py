@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 
 from freedompay_async import (
     ConfigurationError,
+    FreedomPayClient,
     InvoicePayment,
     InvoiceStatus,
     PayOutcome,
@@ -327,6 +328,26 @@ async def test_with_no_outage_tolerance_a_refused_pay_is_recorded_at_once(
     assert (result["state"], result["error"]) == ("error", "HTTPStatusError")
     assert emulator.stats.by_operation["pay"] == 3
     assert stored == result
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf"), float("nan"), True, "5"])
+async def test_a_runtime_refuses_a_bad_outage_tolerance(value: object) -> None:
+    """PayRuntime checks outage_tolerance itself, for job systems that build it without a config."""
+    redis = Redis.from_url("redis://127.0.0.1:1/0")
+    client = FreedomPayClient("42", "k", base_url="http://127.0.0.1:9")
+    guard = RedisPayGuard(redis, "42")
+    try:
+        with pytest.raises(ConfigurationError, match="outage_tolerance must be a finite number"):
+            PayRuntime(
+                client=client,
+                guard=guard,
+                results=OutcomeStore(redis, "42"),
+                outage_tolerance=value,  # type: ignore[arg-type]
+            )
+    finally:
+        await client.aclose()
+        await guard.aclose()
+        await redis.aclose()
 
 
 def test_outage_tolerance_is_read_and_checked_against_the_job_timeout() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from freedompay_async.contrib.redis_guard import (
     RedisRateLimiter,
     settle_by_status,
 )
+from freedompay_async.facts import is_number
 from freedompay_async.records import invalid_record
 from freedompay_async.settlement import SettlePolicy
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PayRuntime"]
 
-logger = logging.getLogger("freedompay_async.contrib.arq")
+logger = logging.getLogger("freedompay_async.contrib")
 
 #: Seconds between two tries of a pay the gateway refused or never received, during an outage.
 OUTAGE_PAUSE = 1.0
@@ -77,6 +79,9 @@ class PayRuntime:
         busy_retry: Seconds after which a job whose customer is claimed elsewhere runs again.
         outage_tolerance: Seconds `pay` waits out a gateway outage, trying a pay that was
             refused or never sent again every second; 0 (default) returns its failure at once.
+
+    Raises:
+        ConfigurationError: `outage_tolerance` is negative or not a finite number.
     """
 
     def __init__(
@@ -89,6 +94,11 @@ class PayRuntime:
         busy_retry: float = 30.0,
         outage_tolerance: float = 0.0,
     ) -> None:
+        if not is_number(outage_tolerance) or not 0 <= outage_tolerance < math.inf:
+            raise ConfigurationError(
+                f"outage_tolerance must be a finite number of seconds >= 0, "
+                f"got {outage_tolerance!r}"
+            )
         self.client = client
         self.guard = guard
         self.grants: _GrantLog | None = None
